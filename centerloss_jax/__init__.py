@@ -1,0 +1,22 @@
+"""centerloss_jax: the center loss of Wen et al. (ECCV 2016) in JAX and Flax.
+
+The core is functional (`center_loss`, `update_centers`); `centerloss_jax.linen`
+and `centerloss_jax.nnx` wrap it as Flax modules that keep the centers in
+non-differentiable, mutable state.
+"""
+
+from centerloss_jax.loss import center_distances
+from centerloss_jax.loss import center_loss
+from centerloss_jax.loss import invalid_label_count
+from centerloss_jax.loss import update_centers
+from centerloss_jax.loss import valid_label_mask
+
+__version__ = '0.1.0'
+
+__all__ = [
+    'center_distances',
+    'center_loss',
+    'invalid_label_count',
+    'update_centers',
+    'valid_label_mask',
+]

@@ -1,0 +1,83 @@
+"""The center loss as a Flax linen module.
+
+The centers live in their own variable collection, `'centers'`, never in
+`'params'`: optimizers and `jax.grad` over params leave them alone, and they
+move only by the paper's Eq. 4 when the collection is mutable.
+
+Example:
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, images, labels):
+      features = Backbone()(images)
+      logits = nn.Dense(10)(features)
+      return logits, CenterLoss(num_classes=10)(features, labels)
+
+  variables = Net().init(rng, images, labels)      # {'params', 'centers'}
+  (logits, loss), updates = Net().apply(
+      variables, images, labels, mutable=['centers'])
+  variables = {**variables, **updates}             # centers moved by Eq. 4
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from centerloss_jax import loss as loss_lib
+
+CENTERS_COLLECTION = 'centers'
+
+Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
+
+
+class CenterLoss(nn.Module):
+  """Center loss (Eq. 2) with centers updated by Eq. 4 as mutable state.
+
+  Attributes:
+    num_classes: number of classes (rows of the centers).
+    alpha: the centers' update rate of Eq. 4 (the paper uses 0.5).
+    axis_name: the mapped batch axis under `jax.pmap`/`jax.shard_map`, so the
+      update uses the global batch; None under plain `jax.jit`.
+    centers_init: initializer of the (num_classes, dim) float32 centers, called
+      with the `'params'` RNG at `init`. Zeros by default: Eq. 4 moves a
+      center to its class within a few batches.
+  """
+  num_classes: int
+  alpha: float = 0.5
+  axis_name: Optional[str] = None
+  centers_init: Initializer = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, features: jax.Array, labels: jax.Array,
+               weights: Optional[jax.Array] = None,
+               update: bool = True) -> jax.Array:
+    """Returns the center loss with the current centers; may update them.
+
+    Args:
+      features: (batch, dim) features.
+      labels: (batch,) integer labels; out-of-range labels are masked out.
+      weights: optional (batch,) example weights, 0 for padding.
+      update: store the Eq. 4 update of the centers. It happens only when the
+        `'centers'` collection is mutable (`apply(..., mutable=['centers'])`)
+        and not during `init`; otherwise the centers are only read.
+
+    Returns:
+      The float32 scalar loss, computed with the centers as they were before
+      this call's update (the paper's Algorithm 1).
+    """
+    dim = features.shape[-1]
+    centers = self.variable(
+        CENTERS_COLLECTION, 'centers',
+        lambda: self.centers_init(self.make_rng('params'),
+                                  (self.num_classes, dim), jnp.float32))
+    loss = loss_lib.center_loss(features, labels, centers.value, weights)
+    if (update and self.is_mutable_collection(CENTERS_COLLECTION)
+        and not self.is_initializing()):
+      centers.value = loss_lib.update_centers(
+          centers.value, features, labels, alpha=self.alpha, weights=weights,
+          axis_name=self.axis_name)
+    return loss

@@ -1,0 +1,74 @@
+"""LeNet++, the paper's toy network (Wen et al. 2016, Sec. 3.1, Fig. 2).
+
+Three stages of two 5x5 convolutions (stride 1, pad 2) with 32, 64 and 128
+channels, each stage followed by 2x2 max-pooling, PReLU after every layer, a
+fully connected layer to the (2-D, for the paper's plots) feature, and a
+bias-free classifier, as in the reference Caffe MNIST example. On 28x28 inputs
+the spatial sizes are 28 -> 14 -> 7 -> 3 (the reference's last 3x3/2 ceil
+pool gives 3 as well).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class PReLU(nn.Module):
+  """Parametric ReLU with one learnable slope per channel (Caffe's default).
+
+  Attributes:
+    negative_slope_init: initial slope for negative inputs (0.25 in Caffe and
+      in He et al. 2015).
+  """
+  negative_slope_init: float = 0.25
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    slope = self.param('negative_slope',
+                       nn.initializers.constant(self.negative_slope_init),
+                       (x.shape[-1],), jnp.float32)
+    return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
+
+
+class LeNetPlusPlus(nn.Module):
+  """LeNet++ returning `(features, logits)`.
+
+  Attributes:
+    num_classes: classifier outputs.
+    feature_dim: dimension of the feature the center loss acts on (2 in the
+      paper's visualisation).
+    stage_channels: channels of the three conv stages (two convs each).
+    feature_activation: apply PReLU to the feature, as the reference model does
+      before its classifier.
+    dtype: computation dtype (e.g. jnp.bfloat16 on accelerators); params and
+      returned features/logits stay float32.
+  """
+  num_classes: int = 10
+  feature_dim: int = 2
+  stage_channels: Sequence[int] = (32, 64, 128)
+  feature_activation: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array,
+               train: bool = False) -> tuple[jax.Array, jax.Array]:
+    del train  # No dropout or batch norm: train and eval are the same.
+    x = images.astype(self.dtype)
+    init = nn.initializers.xavier_uniform()  # The reference's Xavier filler.
+    for channels in self.stage_channels:
+      for _ in range(2):
+        x = nn.Conv(channels, (5, 5), padding=2, kernel_init=init,
+                    dtype=self.dtype)(x)
+        x = PReLU()(x)
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = x.reshape((x.shape[0], -1))
+    features = nn.Dense(self.feature_dim, kernel_init=init, dtype=self.dtype)(x)
+    if self.feature_activation:
+      features = PReLU()(features)
+    logits = nn.Dense(self.num_classes, use_bias=False, kernel_init=init,
+                      dtype=self.dtype)(features)
+    return features.astype(jnp.float32), logits.astype(jnp.float32)

@@ -1,0 +1,458 @@
+"""Training and evaluation of a classifier with softmax + center loss.
+
+The importable trainer, in the layout of the Flax examples:
+`create_train_state`, `train_step`, `eval_step` and `train_and_evaluate`.
+
+`train_step` is written once, per replica. It computes the paper's joint
+objective (Eq. 5) `softmax CE + lambda * center_loss`, differentiates it with
+respect to the params only, applies the optimizer, and moves the centers by
+Eq. 4 computed on the *global* batch. `centerloss_jax.parallel.DataParallel`
+runs it under single-device `jax.jit`, `jax.pmap` or `jax.jit` +
+`jax.shard_map`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import signal
+import time
+from typing import Any, Optional
+
+from absl import logging
+from clu import parameter_overview
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from centerloss_jax import checkpointing
+from centerloss_jax import evaluation
+from centerloss_jax import input_pipeline
+from centerloss_jax import loss as loss_lib
+from centerloss_jax import models
+from centerloss_jax import parallel
+from centerloss_jax import plotting
+from centerloss_jax import writers
+from centerloss_jax.parallel import psum
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+class TrainState(train_state.TrainState):
+  """Params and optimizer state (from Flax) plus the non-differentiable parts.
+
+  Attributes:
+    centers: (num_classes, feature_dim) float32 class centers, moved by Eq. 4,
+      never by the optimizer.
+    batch_stats: the model's batch-norm statistics ({} for LeNet++).
+    rng: PRNG key for stochastic layers (the `'dropout'` stream), folded with
+      the step and the replica index in `train_step`.
+  """
+  centers: jax.Array
+  batch_stats: Any
+  rng: jax.Array
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int):
+  """The model named by `config.model`, returning `(features, logits)`."""
+  kwargs = dict(config.model)
+  name = kwargs.pop('name')
+  kwargs['dtype'] = jnp.dtype(kwargs.get('dtype', 'float32'))
+  return models.create_model(name, num_classes=num_classes, **kwargs)
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict,
+                            steps_per_epoch: int) -> optax.Schedule:
+  """`config.schedule`: 'constant', 'piecewise' or 'cosine' (with warm-up).
+
+  Piecewise boundaries are given in steps (`config.lr_boundaries`) with the
+  factor applied at each (`config.lr_decay_factor`), as in the reference
+  Caffe solver (x0.8 at 5K, 8K and 10K iterations).
+  """
+  lr = config.learning_rate
+  if config.schedule == 'constant':
+    return optax.constant_schedule(lr)
+  if config.schedule == 'piecewise':
+    return optax.piecewise_constant_schedule(
+        lr, {int(b): config.lr_decay_factor for b in config.lr_boundaries})
+  if config.schedule == 'cosine':
+    total = config.num_epochs * steps_per_epoch
+    warmup = config.warmup_epochs * steps_per_epoch
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total)
+  raise ValueError(f"Unknown schedule {config.schedule!r}; expected one of "
+                   "'constant', 'piecewise', 'cosine'.")
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     learning_rate_fn: optax.Schedule
+                     ) -> optax.GradientTransformation:
+  """SGD with momentum (the reference solver) or AdamW, with weight decay.
+
+  Weight decay is applied to kernels only (not biases or PReLU slopes). It
+  cannot reach the centers: they are not params.
+  """
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  if config.optimizer == 'sgd':
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+        optax.sgd(learning_rate_fn, momentum=config.momentum))
+  if config.optimizer == 'adamw':
+    return optax.adamw(learning_rate_fn, weight_decay=config.weight_decay,
+                       mask=decay_mask)
+  raise ValueError(f"Unknown optimizer {config.optimizer!r}; expected 'sgd' "
+                   "or 'adamw'.")
+
+
+def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, *,
+                       image_shape: tuple[int, ...], num_classes: int,
+                       learning_rate_fn: optax.Schedule) -> TrainState:
+  """Initialises the model, optimizer and (zero) centers on the host device.
+
+  Args:
+    config: experiment config (`model`, optimizer fields, `seed`).
+    rng: PRNG key for the params and the state's own RNG.
+    image_shape: one image's shape, e.g. (28, 28, 1).
+    num_classes: number of classes (classifier outputs and centers).
+    learning_rate_fn: the schedule, from `create_learning_rate_fn`.
+
+  Returns:
+    A TrainState with centers of shape (num_classes, model.feature_dim).
+  """
+  model = create_model(config, num_classes)
+  init_rng, state_rng = jax.random.split(rng)
+  variables = jax.jit(model.init, static_argnames='train')(
+      init_rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
+  params = variables['params']
+  batch_stats = variables.get('batch_stats', {})
+  features, _ = jax.eval_shape(
+      lambda v: model.apply(v, jnp.zeros((1,) + tuple(image_shape))),
+      variables)
+  # Zeros, as the reference layer: Eq. 4 moves each center to its class within
+  # a few batches, and no random center can start closer.
+  centers = jnp.zeros((num_classes, features.shape[-1]), jnp.float32)
+  return TrainState.create(
+      apply_fn=model.apply, params=params,
+      tx=create_optimizer(config, learning_rate_fn), centers=centers,
+      batch_stats=batch_stats, rng=state_rng)
+
+
+def _apply_model(state: TrainState, params, images, *, train: bool,
+                 rng: Optional[jax.Array] = None):
+  """Runs the model; returns (features, logits, new batch_stats)."""
+  variables = {'params': params}
+  rngs = {'dropout': rng} if rng is not None else None
+  if state.batch_stats:
+    variables['batch_stats'] = state.batch_stats
+    (features, logits), updates = state.apply_fn(
+        variables, images, train=train, rngs=rngs,
+        mutable=['batch_stats'] if train else False)
+    return features, logits, updates['batch_stats'] if train else state.batch_stats
+  features, logits = state.apply_fn(variables, images, train=train, rngs=rngs)
+  return features, logits, state.batch_stats
+
+
+def _metric_sums(features, logits, labels, weights, centers, *,
+                 axis_name) -> Metrics:
+  """Sums over the global batch; divide by `weight` for means.
+
+  Sums rather than means so that batches (and replicas, and a padded final
+  batch) combine exactly.
+  """
+  num_classes = centers.shape[0]
+  invalid_labels = loss_lib.invalid_label_count(labels, num_classes, weights)
+  weights = weights * loss_lib.valid_label_mask(labels, num_classes)
+  ce = optax.softmax_cross_entropy_with_integer_labels(
+      logits, jnp.clip(labels, 0, num_classes - 1))
+  sums = {
+      'cross_entropy': jnp.sum(weights * ce),
+      'center_loss': jnp.sum(
+          loss_lib.center_distances(features, labels, centers, weights)),
+      'accuracy': jnp.sum(weights * (jnp.argmax(logits, -1) == labels)),
+      'feature_norm': jnp.sum(weights * jnp.linalg.norm(features, axis=-1)),
+      'weight': jnp.sum(weights),
+  }
+  sums = psum(sums, axis_name)
+  sums['invalid_labels'] = psum(invalid_labels, axis_name)
+  return sums
+
+
+def train_step(state: TrainState, batch: Batch, *, center_loss_weight: float,
+               center_alpha: float, axis_name: Optional[str] = None
+               ) -> tuple[TrainState, Metrics]:
+  """One step of SGD on `CE + lambda * center_loss` and Eq. 4 on the centers.
+
+  Written per replica: with `axis_name`, `batch` is this replica's share of
+  the global batch, losses are normalised by the global sum of weights (so
+  the summed gradients are those of the global mean), and the centers are
+  updated from the all-gathered global batch, identically on every replica.
+
+  Examples with weight 0 (padding) or an out-of-range label are ignored by
+  every term; the latter are counted in `metrics['invalid_labels']`.
+
+  Args:
+    state: the current TrainState (donated by the compiled step).
+    batch: {'image': (b, H, W, C), 'label': (b,) int, 'weight': (b,)}.
+    center_loss_weight: lambda of Eq. 5.
+    center_alpha: alpha of Eq. 4.
+    axis_name: the replica axis under pmap/shard_map, None under plain jit.
+
+  Returns:
+    The new state and metric sums over the global batch (see `summarize`).
+  """
+  labels = batch['label']
+  num_classes = state.centers.shape[0]
+  weights = batch['weight'] * loss_lib.valid_label_mask(labels, num_classes)
+  # The global normaliser: each replica divides its sums by it, so the psum of
+  # per-replica gradients is exactly the gradient of the global-batch mean.
+  total_weight = jnp.maximum(psum(jnp.sum(weights), axis_name), 1e-12)
+  rng = jax.random.fold_in(state.rng, state.step)
+  if axis_name is not None:
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+
+  def loss_fn(params):
+    features, logits, batch_stats = _apply_model(
+        state, params, batch['image'], train=True, rng=rng)
+    ce = optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.clip(labels, 0, num_classes - 1))
+    ce = jnp.sum(weights * ce) / total_weight
+    center = jnp.sum(loss_lib.center_distances(
+        features, labels, state.centers, weights)) / total_weight
+    return ce + center_loss_weight * center, (features, logits, batch_stats)
+
+  grads, (features, logits, batch_stats) = jax.grad(
+      loss_fn, has_aux=True)(state.params)
+  grads = psum(grads, axis_name)
+  # Centers by Eq. 4 from the same batch and the same (pre-update) centers
+  # the loss used: the paper's Algorithm 1.
+  centers = loss_lib.update_centers(
+      state.centers, features, labels, alpha=center_alpha, weights=weights,
+      axis_name=axis_name)
+  metrics = _metric_sums(features, logits, labels, batch['weight'],
+                         state.centers, axis_name=axis_name)
+  if axis_name is not None and state.batch_stats:
+    batch_stats = jax.lax.pmean(batch_stats, axis_name)
+  state = state.apply_gradients(grads=grads, centers=centers,
+                                batch_stats=batch_stats)
+  return state, metrics
+
+
+def eval_step(state: TrainState, batch: Batch, *,
+              axis_name: Optional[str] = None
+              ) -> tuple[Metrics, dict[str, jax.Array]]:
+  """Evaluates one batch: metric sums and the per-example features.
+
+  Returns:
+    (metric sums over the global batch, {'feature': (b, D), 'logits': (b, K)})
+    the latter for this replica's examples.
+  """
+  features, logits, _ = _apply_model(state, state.params, batch['image'],
+                                     train=False)
+  metrics = _metric_sums(features, logits, batch['label'], batch['weight'],
+                         state.centers, axis_name=axis_name)
+  return metrics, {'feature': features, 'logits': logits}
+
+
+def summarize(metric_sums: Metrics) -> dict[str, float]:
+  """Turns accumulated metric sums into means (and the invalid-label count)."""
+  sums = jax.device_get(metric_sums)
+  weight = max(float(sums['weight']), 1e-12)
+  out = {k: float(v) / weight for k, v in sums.items()
+         if k not in ('weight', 'invalid_labels')}
+  out['invalid_labels'] = int(sums['invalid_labels'])
+  out['num_examples'] = float(sums['weight'])
+  return out
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training produced a NaN or infinite loss; the run stops."""
+
+
+def _evaluate(eval_fn, dp, state, split, config, dataset) -> dict[str, Any]:
+  """Runs `eval_step` over a whole split (each example exactly once)."""
+  metric_sums, features, labels = None, [], []
+  for batch in input_pipeline.epoch_batches(
+      split, global_batch_size=config.batch_size, epoch=0, seed=config.seed,
+      shuffle=False):
+    sums, outputs = eval_fn(state, dp.put_batch(batch))
+    metric_sums = sums if metric_sums is None else jax.tree.map(
+        jnp.add, metric_sums, sums)
+    real = batch['weight'] > 0
+    features.append(np.asarray(outputs['feature'])[real])
+    labels.append(batch['label'][real])
+  features, labels = np.concatenate(features), np.concatenate(labels)
+  centers = np.asarray(dp.host_state(state).centers)
+  results = summarize(metric_sums)
+  results.update(evaluation.compactness_metrics(features, labels, centers))
+  return {'metrics': results, 'features': features, 'labels': labels,
+          'centers': centers}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, float]:
+  """Trains with softmax + center loss, evaluating, checkpointing, plotting.
+
+  Resumes from the latest checkpoint in `workdir/checkpoints` if there is one.
+  Writes `metrics.jsonl`, TensorBoard event files and (for 2-D features)
+  `features_step_<N>.png` into `workdir`. SIGTERM (preemption) saves a
+  checkpoint before returning.
+
+  Args:
+    config: the experiment config (see configs/default.py).
+    workdir: directory for checkpoints, metrics and plots.
+
+  Returns:
+    The final evaluation metrics on the test split.
+
+  Raises:
+    NonFiniteLossError: the loss became NaN/inf; the last good checkpoint is
+      kept and the message names the step.
+  """
+  workdir = os.path.abspath(workdir)
+  is_main = jax.process_index() == 0
+  writer = writers.create_writer(workdir, is_main_process=is_main)
+  dataset = input_pipeline.load_dataset(config.input)
+  dp = parallel.DataParallel.create(config.parallel)
+  dp.check_batch_size(config.batch_size)
+
+  steps_per_epoch = input_pipeline.steps_per_epoch(
+      dataset.train.num_examples, config.batch_size, drop_remainder=True)
+  if steps_per_epoch == 0:
+    raise ValueError(f'batch_size {config.batch_size} exceeds the '
+                     f'{dataset.train.num_examples} training examples.')
+  num_steps = (config.num_train_steps if config.num_train_steps > 0 else
+               int(math.ceil(config.num_epochs * steps_per_epoch)))
+  eval_every = (config.eval_every_steps if config.eval_every_steps > 0
+                else steps_per_epoch)
+
+  learning_rate_fn = create_learning_rate_fn(config, steps_per_epoch)
+  state = create_train_state(
+      config, jax.random.key(config.seed), image_shape=dataset.image_shape,
+      num_classes=dataset.num_classes, learning_rate_fn=learning_rate_fn)
+  manager = checkpointing.create_manager(workdir,
+                                         max_to_keep=config.keep_checkpoints)
+  restored = checkpointing.restore_latest(manager, state)
+  if restored is not None:
+    state, _ = restored
+    logging.info('Resumed from the checkpoint at step %d.', int(state.step))
+  start_step = int(state.step)
+  if start_step == 0 and is_main:
+    writer.write_hparams(config.to_dict())
+    logging.info('Parameters:\n%s',
+                 parameter_overview.get_parameter_overview(state.params))
+
+  state = dp.put_state(state)
+  train_fn = dp.compile_train_step(functools.partial(
+      train_step, center_loss_weight=config.center_loss.weight,
+      center_alpha=config.center_loss.alpha))
+  eval_fn = dp.compile_eval_step(eval_step)
+  augment_fn = input_pipeline.make_augment_fn(
+      crop_padding=config.input.crop_padding, flip=config.input.flip)
+
+  def data_position(step):
+    return {'epoch': step // steps_per_epoch,
+            'step_in_epoch': step % steps_per_epoch}
+
+  def save_checkpoint(step, force=False):
+    if force or step % config.checkpoint_every_steps == 0:
+      checkpointing.save(manager, dp.host_state(state),
+                         data_position=data_position(step), force=True)
+
+  preempted = []
+  previous_handler = signal.signal(
+      signal.SIGTERM, lambda signum, frame: preempted.append(signum))
+  try:
+    step, interval, interval_start = start_step, [], time.perf_counter()
+    final = None
+    while step < num_steps and not preempted:
+      position = data_position(step)
+      batches = input_pipeline.epoch_batches(
+          dataset.train, global_batch_size=config.batch_size,
+          epoch=position['epoch'], seed=config.seed, shuffle=True,
+          start_step=position['step_in_epoch'], augment_fn=augment_fn,
+          drop_remainder=True, process_index=jax.process_index(),
+          process_count=jax.process_count())
+      for batch in batches:
+        state, metrics = train_fn(state, dp.put_batch(batch))
+        interval.append(metrics)
+        step += 1
+        if step % config.log_every_steps == 0 or step == num_steps:
+          summary = _check_finite_and_summarize(interval, step - len(interval))
+          elapsed = time.perf_counter() - interval_start
+          summary['steps_per_second'] = len(interval) / elapsed
+          summary['learning_rate'] = float(learning_rate_fn(step - 1))
+          writer.write_scalars(step, {f'train/{k}': v
+                                      for k, v in summary.items()})
+          logging.info('step %d/%d, %.2f steps/s, ETA %s', step, num_steps,
+                       summary['steps_per_second'], _format_seconds(
+                           (num_steps - step) / summary['steps_per_second']))
+          interval, interval_start = [], time.perf_counter()
+        if step % eval_every == 0 or step == num_steps:
+          if interval:  # Never checkpoint unchecked (possibly NaN) steps.
+            _check_finite_and_summarize(interval, step - len(interval))
+          final = _evaluate_and_write(eval_fn, dp, state, dataset, config,
+                                      writer, workdir, step)
+        save_checkpoint(step, force=step == num_steps)
+        if step >= num_steps or preempted:
+          break
+    if preempted:
+      if interval:
+        _check_finite_and_summarize(interval, step - len(interval))
+      logging.warning('SIGTERM received: saving a checkpoint at step %d and '
+                      'stopping; rerun with the same workdir to resume.', step)
+      save_checkpoint(step, force=True)
+    elif final is None:  # Resumed after the end: evaluate what was restored.
+      final = _evaluate_and_write(eval_fn, dp, state, dataset, config, writer,
+                                  workdir, step)
+  finally:
+    signal.signal(signal.SIGTERM, previous_handler)
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
+    writer.close()
+  return final['metrics'] if final is not None else {}
+
+
+def _check_finite_and_summarize(step_metrics: list[Metrics],
+                                first_step: int) -> dict[str, float]:
+  """Sums per-step metrics; raises naming the first step with a bad loss.
+
+  Checked at logging time rather than every step: the per-step values stay on
+  the device until then, so the check does not stall the pipeline.
+  """
+  host = jax.device_get(step_metrics)
+  for offset, sums in enumerate(host):
+    for key in ('cross_entropy', 'center_loss'):
+      if not np.isfinite(sums[key]):
+        raise NonFiniteLossError(
+            f'Non-finite {key} ({sums[key]}) at step {first_step + offset + 1}. '
+            'Training stopped; the checkpoints in the workdir are from before '
+            'it. Try a smaller center_loss.weight or learning_rate.')
+  return summarize(jax.tree.map(lambda *xs: np.sum(xs, axis=0), *host))
+
+
+def _evaluate_and_write(eval_fn, dp, state, dataset, config, writer, workdir,
+                        step) -> dict[str, Any]:
+  """Evaluates on the test split, writes metrics and the 2-D feature plot."""
+  result = _evaluate(eval_fn, dp, state, dataset.test, config, dataset)
+  writer.write_scalars(step, {f'test/{k}': v
+                              for k, v in result['metrics'].items()})
+  if (config.plot_features and result['features'].shape[1] == 2
+      and jax.process_index() == 0):
+    image = plotting.save_feature_plot(
+        os.path.join(workdir, f'features_step_{step}.png'),
+        result['features'], result['labels'], dataset.class_names,
+        centers=result['centers'],
+        title=(f'{config.input.name} test, step {step}, lambda '
+               f'{config.center_loss.weight:g}'))
+    writer.write_images(step, {'test/features': image})
+  return result
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(seconds)
+  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'
