@@ -17,8 +17,8 @@ center (O(batch x dim)), and the update sums duplicates of a class inside the
 batch with a segmented scan over the label-sorted batch (O(batch x dim x
 log batch)) before a scatter of at most `batch` rows into the centers, which
 XLA performs in place when the caller donates them. Under data parallelism the
-only communication is an all-gather of the batch (O(global_batch x dim)),
-never of the centers.
+only communication is an all-gather of the batch and of its own centers
+(O(global_batch x dim)), never of all the centers.
 
 Invalid labels. A label outside `[0, num_classes)` is masked out: it adds
 nothing to the loss (nor to its normaliser) and moves no center. `clip` or
@@ -91,12 +91,42 @@ def _effective_weights(labels, num_classes, weights) -> Array:
   return jnp.where(valid, jnp.asarray(weights, jnp.float32), 0.0)
 
 
+def _explicit_mesh(x) -> Optional[jax.sharding.AbstractMesh]:
+  """The mesh `x` is sharded over in JAX's explicit-sharding mode, if any.
+
+  On such meshes (the default of `jax.make_mesh`) JAX asks for the output
+  sharding of a gather and refuses to sort along a sharded axis.
+  """
+  mesh = getattr(getattr(jax.typeof(x), 'sharding', None), 'mesh', None)
+  if (mesh is None or mesh.empty
+      or jax.sharding.AxisType.Explicit not in mesh.axis_types):
+    return None
+  return mesh
+
+
 def _own_centers(centers, labels) -> Array:
   """Each example's own center, (batch, dim): a gather, not a distance matrix.
 
   Out-of-range labels read an arbitrary (clamped) row; callers mask them.
+  The result is sharded like the labels.
   """
-  return jnp.take(centers, labels, axis=0, mode='clip')
+  centers = jnp.asarray(centers)
+  out_sharding = None
+  mesh = _explicit_mesh(labels)
+  if mesh is not None:
+    spec = jax.typeof(labels).sharding.spec
+    out_sharding = jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec(*spec, None))
+  return centers.at[labels].get(mode='clip', out_sharding=out_sharding)
+
+
+def _replicate(x) -> Array:
+  """Gathers an explicitly sharded batch array onto every device."""
+  mesh = _explicit_mesh(x)
+  if mesh is None:
+    return x
+  return jax.sharding.reshard(
+      x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
 def center_distances(features: Array, labels: Array, centers: Array,
@@ -119,7 +149,10 @@ def center_distances(features: Array, labels: Array, centers: Array,
   _check_inputs(features, labels, centers, weights)
   weights = _effective_weights(labels, centers.shape[0], weights)
   own = _own_centers(jax.lax.stop_gradient(centers).astype(jnp.float32), labels)
-  diff = features.astype(jnp.float32) - own
+  # Selects, not products: a NaN in a padding row must leak neither into the
+  # loss (0 * NaN) nor into the gradient (hence the select before squaring).
+  diff = jnp.where(weights[:, None] > 0, features.astype(jnp.float32) - own,
+                   0.0)
   return 0.5 * weights * jnp.sum(diff * diff, axis=-1)
 
 
@@ -207,21 +240,36 @@ def update_centers(centers: Array, features: Array, labels: Array, *,
     The updated centers, same shape and dtype as `centers`.
   """
   _check_inputs(features, labels, centers, weights)
+  centers = jnp.asarray(centers)
   num_classes, _ = centers.shape
   features = jax.lax.stop_gradient(features).astype(jnp.float32)
   weights = jax.lax.stop_gradient(
       _effective_weights(labels, num_classes, weights))
+  # Each example's own center, read with the same gather as `center_loss`
+  # (same labels, so XLA merges the two): the scatter below then depends on
+  # the only read of the centers, and XLA can update the donated buffer in
+  # place. A second, independent read (say, with the sorted, cast or gathered
+  # labels) would have to finish before the scatter, and XLA copies the
+  # whole (C, D) centers for it: O(num_classes) per step.
+  own = _own_centers(centers.astype(jnp.float32), labels)
+  # int32 from here on, with invalid labels at -1: narrow label dtypes
+  # (uint8) would wrap the out-of-bounds indices below onto real rows, and
+  # int64 labels >= 2**31 would wrap into range.
+  labels = jnp.where(valid_label_mask(labels, num_classes), labels,
+                     -1).astype(jnp.int32)
   if axis_name is not None:
-    features, labels, weights = (
+    features, labels, weights, own = (
         jax.lax.all_gather(x, axis_name, axis=0, tiled=True)
-        for x in (features, labels, weights))
+        for x in (features, labels, weights, own))
+  else:
+    features, labels, weights, own = (
+        _replicate(x) for x in (features, labels, weights, own))
 
   # Sort by label so each class is a contiguous run; a stable sort keeps the
   # order of additions (and so the result) independent of device count.
   order = jnp.argsort(labels, stable=True)
-  labels = labels[order]
-  features = features[order]
-  weights = weights[order]
+  labels, features, weights, own = (
+      x[order] for x in (labels, features, weights, own))
   batch = labels.shape[0]
   run_starts = jnp.concatenate(
       [jnp.ones((1,), bool), labels[1:] != labels[:-1]])
@@ -229,11 +277,12 @@ def update_centers(centers: Array, features: Array, labels: Array, *,
 
   # Per class: S_j = sum w_i x_i and n_j = sum w_i, read off at each run's end.
   sums = _segmented_inclusive_sum(
-      jnp.concatenate([weights[:, None] * features, weights[:, None]], axis=1),
+      jnp.concatenate([jnp.where(weights[:, None] > 0,
+                                 weights[:, None] * features, 0.0),
+                       weights[:, None]], axis=1),
       run_starts)
   feature_sums, counts = sums[:, :-1], sums[:, -1]
 
-  own = _own_centers(centers.astype(jnp.float32), labels)
   # -alpha * delta_c_j = alpha * (S_j - n_j c_j) / (1 + n_j).
   step = alpha * (feature_sums - counts[:, None] * own) / (1.0 + counts[:, None])
 
@@ -241,7 +290,7 @@ def update_centers(centers: Array, features: Array, labels: Array, *,
   # positions, of weight-0 classes and of invalid labels are sent out of
   # bounds (each to its own index, so indices stay unique) and dropped.
   writes = run_ends & (counts > 0) & valid_label_mask(labels, num_classes)
-  out_of_bounds = num_classes + jnp.arange(batch, dtype=labels.dtype)
+  out_of_bounds = num_classes + jnp.arange(batch, dtype=jnp.int32)
   target = jnp.where(writes, labels, out_of_bounds)
   new_rows = (own + step).astype(centers.dtype)
   return centers.at[target].set(new_rows, mode='drop', unique_indices=True)

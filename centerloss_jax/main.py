@@ -5,8 +5,6 @@
 Override any config field, e.g. `--config.center_loss.weight=0`.
 """
 
-import logging as std_logging
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -14,6 +12,7 @@ import jax
 from ml_collections import config_flags
 
 from centerloss_jax import train
+from centerloss_jax import writers
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, '
@@ -23,16 +22,10 @@ config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def _quiet_orbax(record) -> bool:
-  """Drops Orbax's per-file INFO lines (dozens per save); keeps warnings."""
-  return (record.levelno >= std_logging.WARNING
-          or 'orbax' not in record.pathname)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_logger().addFilter(_quiet_orbax)
+  writers.quiet_orbax_logging()
   logging.info('JAX devices: %s (process %d of %d)', jax.devices(),
                jax.process_index(), jax.process_count())
   metrics = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
-import matplotlib
-matplotlib.use('Agg')  # Headless: plots are files, never windows.
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+import matplotlib.pyplot as plt
 import numpy as np
 
 
@@ -49,7 +49,11 @@ def plot_features_2d(features: np.ndarray, labels: np.ndarray,
                linewidths=1.5, label='centers')
   ax.set_title(title)
   ax.set_aspect('equal', adjustable='datalim')
-  ax.legend(loc='upper right', fontsize=7, markerscale=4, framealpha=0.8)
+  legend = ax.legend(loc='center left', bbox_to_anchor=(1.01, 0.5),
+                     fontsize=8, frameon=False)
+  for handle in legend.legend_handles:
+    handle.set_sizes([25])  # Legible legend markers, whatever the point size.
+    handle.set_alpha(1.0)
   return ax
 
 
@@ -62,15 +66,17 @@ def save_feature_plot(path: str, features: np.ndarray, labels: np.ndarray,
   Returns:
     The rendered image, uint8 (H, W, 3), e.g. for TensorBoard.
   """
-  fig, ax = plt.subplots(figsize=(6, 6), dpi=100)
+  # A Figure with its own Agg canvas, not pyplot: no global backend switch
+  # (which would silence a notebook's inline plots) and nothing to close.
+  fig = Figure(figsize=(7.5, 6), dpi=100)
+  canvas = FigureCanvasAgg(fig)
   plot_features_2d(features, labels, class_names, centers=centers,
-                   title=title, ax=ax)
+                   title=title, ax=fig.add_subplot())
   fig.tight_layout()
-  fig.canvas.draw()
-  image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+  canvas.draw()
+  image = np.asarray(canvas.buffer_rgba())[..., :3].copy()
   # Write then rename, so a reader never sees a half-written PNG.
   tmp_path = path + '.tmp.png'
   fig.savefig(tmp_path)
   os.replace(tmp_path, path)
-  plt.close(fig)
   return image

@@ -358,9 +358,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             'step_in_epoch': step % steps_per_epoch}
 
   def save_checkpoint(step, force=False):
-    if force or step % config.checkpoint_every_steps == 0:
-      checkpointing.save(manager, dp.host_state(state),
-                         data_position=data_position(step), force=True)
+    if not (force or step % config.checkpoint_every_steps == 0):
+      return
+    # Never let a non-finite state replace the last good checkpoint.
+    if interval:
+      _check_finite_and_summarize(interval, step - len(interval))
+    host_state = dp.host_state(state)
+    if not _all_finite((host_state.params, host_state.centers)):
+      raise NonFiniteLossError(
+          f'Non-finite params or centers after step {step}. Training '
+          'stopped; the checkpoints in the workdir are from before it.')
+    checkpointing.save(manager, host_state,
+                       data_position=data_position(step), force=True)
 
   preempted = []
   previous_handler = signal.signal(
@@ -392,16 +401,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                            (num_steps - step) / summary['steps_per_second']))
           interval, interval_start = [], time.perf_counter()
         if step % eval_every == 0 or step == num_steps:
-          if interval:  # Never checkpoint unchecked (possibly NaN) steps.
-            _check_finite_and_summarize(interval, step - len(interval))
           final = _evaluate_and_write(eval_fn, dp, state, dataset, config,
                                       writer, workdir, step)
         save_checkpoint(step, force=step == num_steps)
         if step >= num_steps or preempted:
           break
     if preempted:
-      if interval:
-        _check_finite_and_summarize(interval, step - len(interval))
       logging.warning('SIGTERM received: saving a checkpoint at step %d and '
                       'stopping; rerun with the same workdir to resume.', step)
       save_checkpoint(step, force=True)
@@ -433,6 +438,12 @@ def _check_finite_and_summarize(step_metrics: list[Metrics],
             'Training stopped; the checkpoints in the workdir are from before '
             'it. Try a smaller center_loss.weight or learning_rate.')
   return summarize(jax.tree.map(lambda *xs: np.sum(xs, axis=0), *host))
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x))
+                            for x in jax.tree.leaves(tree)]))
 
 
 def _evaluate_and_write(eval_fn, dp, state, dataset, config, writer, workdir,

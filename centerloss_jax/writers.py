@@ -10,6 +10,7 @@ with tensorboardX instead. Only process 0 writes (see `create_writer`).
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import math
 import os
 from typing import Any, Mapping
@@ -125,3 +126,13 @@ def create_writer(workdir: str, *, is_main_process: bool) -> MultiWriter:
       TensorBoardWriter(workdir),
       JsonlWriter(os.path.join(workdir, 'metrics.jsonl')),
   ])
+
+
+def _drop_orbax_info(record) -> bool:
+  return (record.levelno >= std_logging.WARNING
+          or 'orbax' not in record.pathname)
+
+
+def quiet_orbax_logging() -> None:
+  """Drops Orbax's INFO lines (dozens per checkpoint); keeps its warnings."""
+  logging.get_absl_logger().addFilter(_drop_orbax_info)

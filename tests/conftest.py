@@ -8,3 +8,36 @@ os.environ['XLA_FLAGS'] = ' '.join(
     [os.environ.get('XLA_FLAGS', ''),
      '--xla_force_host_platform_device_count=8']).strip()
 os.environ['JAX_PLATFORMS'] = 'cpu'
+
+import gzip  # pylint: disable=g-import-not-at-top,wrong-import-position
+import struct  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _write_idx_gz(path, array):
+  header = struct.pack('>BBBB', 0, 0, 0x08, array.ndim)
+  header += struct.pack('>' + 'I' * array.ndim, *array.shape)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope='session')
+def tiny_idx_dir(tmp_path_factory):
+  """A Fashion-MNIST-shaped IDX directory: 256 train, 100 test images.
+
+  Each class is a bright square at its own position plus noise, so a tiny
+  LeNet++ can learn something in a few steps.
+  """
+  directory = tmp_path_factory.mktemp('tiny_fashion_mnist')
+  rng = np.random.default_rng(0)
+  for prefix, n in (('train', 256), ('t10k', 100)):
+    labels = rng.integers(0, 10, size=n).astype(np.uint8)
+    images = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
+    for i, label in enumerate(labels):
+      row, col = divmod(int(label), 5)
+      images[i, 4 + 12 * row:12 + 12 * row, 2 + 5 * col:6 + 5 * col] = 250
+    _write_idx_gz(directory / f'{prefix}-images-idx3-ubyte.gz', images)
+    _write_idx_gz(directory / f'{prefix}-labels-idx1-ubyte.gz', labels)
+  return str(directory)

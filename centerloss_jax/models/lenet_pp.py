@@ -34,6 +34,20 @@ class PReLU(nn.Module):
     return jnp.where(x >= 0, x, slope.astype(x.dtype) * x)
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max-pooling, stride 2, VALID (an odd last row/column is dropped).
+
+  A reshape and a max rather than `nn.max_pool`: same forward values, and
+  its gradient avoids XLA:CPU's slow select-and-scatter (the LeNet++ train
+  step ran 1.35-1.5x faster on a 2-core CPU with identical gradients). With
+  exact ties in a window the gradient is split between them instead of going
+  to one, equally valid and vanishingly rare after PReLU.
+  """
+  n, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2, :]
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 class LeNetPlusPlus(nn.Module):
   """LeNet++ returning `(features, logits)`.
 
@@ -64,7 +78,7 @@ class LeNetPlusPlus(nn.Module):
         x = nn.Conv(channels, (5, 5), padding=2, kernel_init=init,
                     dtype=self.dtype)(x)
         x = PReLU()(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool_2x2(x)
     x = x.reshape((x.shape[0], -1))
     features = nn.Dense(self.feature_dim, kernel_init=init, dtype=self.dtype)(x)
     if self.feature_activation:

@@ -1,0 +1,38 @@
+"""Every experiment config builds, and the TFDS path trains on mock data."""
+
+import importlib
+
+import pytest
+import tensorflow_datasets as tfds
+
+from centerloss_jax import train
+
+CONFIGS = ['default', 'fashion_mnist_lenetpp', 'mnist_lenetpp']
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+@pytest.mark.parametrize('arg', [None, 'runlocal'])
+def test_config_builds(name, arg):
+  config = importlib.import_module(f'configs.{name}').get_config(arg)
+  assert config.model.name == 'lenet_pp'
+  assert config.parallel in ('jit', 'pmap', 'shard_map')
+  if arg == 'runlocal':
+    assert config.input.train_subset <= 256
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_unknown_variant_is_rejected(name):
+  module = importlib.import_module(f'configs.{name}')
+  with pytest.raises(ValueError, match="'bogus'"):
+    module.get_config('bogus')
+
+
+def test_mnist_config_trains_on_tfds_mock_data(tmp_path):
+  config = importlib.import_module('configs.mnist_lenetpp').get_config(
+      'runlocal')
+  config.num_epochs = 1.0
+  config.parallel = 'shard_map'
+  with tfds.testing.mock_data(num_examples=300):
+    metrics = train.train_and_evaluate(config, str(tmp_path))
+  assert metrics['num_examples'] == 100  # runlocal's test_subset.
+  assert (tmp_path / 'features_step_8.png').exists()
