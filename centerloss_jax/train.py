@@ -272,7 +272,7 @@ class NonFiniteLossError(RuntimeError):
   """Training produced a NaN or infinite loss; the run stops."""
 
 
-def _evaluate(eval_fn, dp, state, split, config, dataset) -> dict[str, Any]:
+def _evaluate(eval_fn, dp, state, split, config) -> dict[str, Any]:
   """Runs `eval_step` over a whole split (each example exactly once)."""
   metric_sums, features, labels = None, [], []
   for batch in input_pipeline.epoch_batches(
@@ -337,7 +337,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                          max_to_keep=config.keep_checkpoints)
   restored = checkpointing.restore_latest(manager, state)
   if restored is not None:
-    state, _ = restored
+    state, saved_position = restored
     logging.info('Resumed from the checkpoint at step %d.', int(state.step))
   start_step = int(state.step)
   if start_step == 0 and is_main:
@@ -356,6 +356,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   def data_position(step):
     return {'epoch': step // steps_per_epoch,
             'step_in_epoch': step % steps_per_epoch}
+
+  if restored is not None and saved_position != data_position(start_step):
+    # The data order is a function of the step for a fixed batch size; a
+    # changed batch size (or dataset) resumes from a different position.
+    logging.warning('The checkpoint was at data position %s, this config '
+                    'resumes at %s: batch size or dataset changed?',
+                    saved_position, data_position(start_step))
 
   def save_checkpoint(step, force=False):
     if not (force or step % config.checkpoint_every_steps == 0):
@@ -404,6 +411,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           final = _evaluate_and_write(eval_fn, dp, state, dataset, config,
                                       writer, workdir, step)
         save_checkpoint(step, force=step == num_steps)
+        if not interval:  # Steps/s measures training, not eval or saving.
+          interval_start = time.perf_counter()
         if step >= num_steps or preempted:
           break
     if preempted:
@@ -449,7 +458,7 @@ def _all_finite(tree) -> jax.Array:
 def _evaluate_and_write(eval_fn, dp, state, dataset, config, writer, workdir,
                         step) -> dict[str, Any]:
   """Evaluates on the test split, writes metrics and the 2-D feature plot."""
-  result = _evaluate(eval_fn, dp, state, dataset.test, config, dataset)
+  result = _evaluate(eval_fn, dp, state, dataset.test, config)
   writer.write_scalars(step, {f'test/{k}': v
                               for k, v in result['metrics'].items()})
   if (config.plot_features and result['features'].shape[1] == 2
