@@ -35,13 +35,17 @@ def _to_savable(state: PyTree) -> PyTree:
   return state.replace(rng=jax.random.key_data(state.rng))
 
 
-def save(manager: ocp.CheckpointManager, state: PyTree, *,
+def save(manager: ocp.CheckpointManager, state: PyTree, *, step: int,
          data_position: dict[str, int], force: bool = False) -> bool:
-  """Saves `state` (a TrainState, one copy) at its step; blocks until done.
+  """Saves `state` (a TrainState, one copy) as `step`; blocks until done.
+
+  With several processes, every process calls this with the same global,
+  replicated state; Orbax writes it once.
 
   Args:
     manager: from `create_manager`.
-    state: the host view of the TrainState.
+    state: one copy of the TrainState (`DataParallel.host_state`).
+    step: the step number to save under (the state's step).
     data_position: where the input pipeline stands, e.g.
       {'epoch': 3, 'step_in_epoch': 120}; restored with the state.
     force: save even if the manager's interval policy would skip this step.
@@ -49,7 +53,6 @@ def save(manager: ocp.CheckpointManager, state: PyTree, *,
   Returns:
     Whether a checkpoint was written.
   """
-  step = int(jax.device_get(state.step))
   if step in manager.all_steps():
     return False
   saved = manager.save(

@@ -71,6 +71,9 @@ def _check_inputs(features, labels, centers, weights) -> None:
 
 def valid_label_mask(labels: Array, num_classes: int) -> Array:
   """True where `0 <= label < num_classes`."""
+  # Compare in (at least) int32: in uint8, num_classes = 300 would wrap to 44.
+  labels = jnp.asarray(labels)
+  labels = labels.astype(jnp.promote_types(labels.dtype, jnp.int32))
   return (labels >= 0) & (labels < num_classes)
 
 

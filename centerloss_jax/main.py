@@ -11,6 +11,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from centerloss_jax import parallel
 from centerloss_jax import train
 from centerloss_jax import writers
 
@@ -26,6 +27,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   writers.quiet_orbax_logging()
+  # Before anything touches the devices: multi-host runs need the runtime up.
+  parallel.initialize_distributed(FLAGS.config.distributed)
   logging.info('JAX devices: %s (process %d of %d)', jax.devices(),
                jax.process_index(), jax.process_count())
   metrics = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)

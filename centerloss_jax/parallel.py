@@ -26,6 +26,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
@@ -51,19 +52,40 @@ class DataParallel:
   @classmethod
   def create(cls, mode: str,
              devices: Optional[Sequence[jax.Device]] = None) -> 'DataParallel':
-    """Validates `mode` and picks devices (default: all local devices)."""
+    """Validates `mode` and picks its devices.
+
+    Args:
+      mode: 'jit', 'pmap' or 'shard_map'.
+      devices: shard_map's mesh; by default every device of every process
+        (`jax.devices()`). pmap always maps over all devices, each process
+        feeding its local ones (as on TPU pods), so for pmap this must be
+        None. jit uses the first local device.
+
+    Returns:
+      The DataParallel for `mode`.
+    """
     if mode not in MODES:
       raise ValueError(
           f'Unknown parallel mode {mode!r}; expected one of {MODES}.')
-    devices = tuple(devices if devices is not None else jax.local_devices())
     if mode == 'jit':
-      return cls(mode, devices[:1])
-    # pmap uses the mesh only to lay out its stacked per-device arrays.
+      if jax.process_count() > 1:
+        raise ValueError(
+            "Parallel mode 'jit' runs on one device; with "
+            f'{jax.process_count()} processes use shard_map or pmap.')
+      return cls(mode, tuple(devices or jax.local_devices())[:1])
+    if mode == 'pmap' and devices is not None:
+      raise ValueError('pmap maps over all devices; pass devices=None.')
+    if devices is None:
+      devices = jax.devices() if mode == 'shard_map' else jax.local_devices()
+    devices = tuple(devices)
     mesh = jax.make_mesh((len(devices),), (BATCH_AXIS,), devices=devices)
     return cls(mode, devices, mesh)
 
   @property
   def num_replicas(self) -> int:
+    """Replicas over all processes: the divisor of the global batch."""
+    if self.mode == 'pmap':
+      return len(self.devices) * jax.process_count()
     return len(self.devices)
 
   @property
@@ -82,32 +104,52 @@ class DataParallel:
     if self.mode == 'jit':
       return jax.device_put(state, self.devices[0])
     if self.mode == 'pmap':
-      n = self.num_replicas
-      return self._put_stacked(jax.tree.map(
-          lambda x: jnp.broadcast_to(x, (n,) + jnp.shape(x)), state))
-    return jax.device_put(state, NamedSharding(self.mesh, P()))
+      # Stacked, one slice per local device; pmap itself places them (a
+      # committed placement on the local devices confuses multi-process pmap).
+      n = len(self.devices)
+      return jax.tree.map(
+          lambda x: jnp.broadcast_to(x, (n,) + jnp.shape(x)), state)
+    return _replicate_from_host(state, NamedSharding(self.mesh, P()))
 
   def host_state(self, state: PyTree) -> PyTree:
-    """The state as one copy (pmap keeps one per device)."""
-    if self.mode == 'pmap':
-      return jax.tree.map(lambda x: x[0], state)
-    return state
+    """The state as one copy, e.g. to checkpoint (pmap keeps one per device).
+
+    With several processes the copy is a global array replicated over all
+    devices, which Orbax saves once for all processes.
+    """
+    if self.mode != 'pmap':
+      return state
+    # The first local replica. (Not `x[0]`: with several processes pmap's
+    # outputs are global arrays whose row 0 this process may not hold.)
+    state = jax.tree.map(lambda x: x.addressable_data(0)[0], state)
+    if jax.process_count() == 1:
+      return state
+    return _replicate_from_host(state, NamedSharding(
+        jax.make_mesh((jax.device_count(),), (BATCH_AXIS,)), P()))
 
   def put_batch(self, batch: dict[str, np.ndarray]) -> PyTree:
-    """Places a global batch of host arrays, split across the replicas."""
-    batch_size = len(next(iter(batch.values())))
-    self.check_batch_size(batch_size)
+    """Places this process's share of a global batch across the replicas.
+
+    Args:
+      batch: host arrays with this process's examples of the global batch
+        (all of it with one process), e.g. from
+        `input_pipeline.epoch_batches(..., process_index=jax.process_index())`.
+
+    Returns:
+      The batch laid out for the compiled steps: one global array sharded
+      over the mesh (shard_map; assembled from every process's share), stacked
+      per local device (pmap), or on the one device (jit).
+    """
+    local_batch_size = len(next(iter(batch.values())))
+    self.check_batch_size(local_batch_size * jax.process_count())
     if self.mode == 'jit':
       return jax.device_put(batch, self.devices[0])
     if self.mode == 'pmap':
-      n = self.num_replicas
-      return self._put_stacked(
-          jax.tree.map(lambda x: x.reshape((n, -1) + x.shape[1:]), batch))
-    return jax.device_put(batch, NamedSharding(self.mesh, P(BATCH_AXIS)))
-
-  def _put_stacked(self, tree: PyTree) -> PyTree:
-    """Puts arrays with a leading device axis one slice per device (pmap)."""
-    return jax.device_put(tree, NamedSharding(self.mesh, P(BATCH_AXIS)))
+      n = len(self.devices)
+      return jax.tree.map(lambda x: x.reshape((n, -1) + x.shape[1:]), batch)
+    sharding = NamedSharding(self.mesh, P(BATCH_AXIS))
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
   def compile_train_step(self, step_fn: Callable[..., tuple[PyTree, PyTree]]
                          ) -> Callable[[PyTree, PyTree], tuple[PyTree, PyTree]]:
@@ -121,11 +163,13 @@ class DataParallel:
     if self.mode == 'jit':
       return jax.jit(fn, donate_argnums=0)
     if self.mode == 'pmap':
-      pmapped = jax.pmap(fn, axis_name=BATCH_AXIS, donate_argnums=0,
-                         devices=self.devices)
+      # No `devices=`: pmap then spans every process's devices (each process
+      # feeding its local ones), which a list of local devices would not.
+      pmapped = jax.pmap(fn, axis_name=BATCH_AXIS, donate_argnums=0)
       def run(state, batch):
         state, metrics = pmapped(state, batch)
-        return state, jax.tree.map(lambda x: x[0], metrics)
+        return state, jax.tree.map(lambda x: x.addressable_data(0)[0],
+                                   metrics)
       return run
     return jax.jit(jax.shard_map(fn, mesh=self.mesh,
                                  in_specs=(P(), P(BATCH_AXIS)),
@@ -143,16 +187,83 @@ class DataParallel:
     if self.mode == 'jit':
       return jax.jit(fn)
     if self.mode == 'pmap':
-      pmapped = jax.pmap(fn, axis_name=BATCH_AXIS, devices=self.devices)
+      pmapped = jax.pmap(fn, axis_name=BATCH_AXIS)
       def run(state, batch):
         metrics, outputs = pmapped(state, batch)
-        return (jax.tree.map(lambda x: x[0], metrics),
-                jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), outputs))
+        # This process's examples, in order; `fetch_batch` is then local.
+        local = lambda x: np.concatenate(
+            [np.asarray(shard.data) for shard in x.addressable_shards])
+        return (jax.tree.map(lambda x: x.addressable_data(0)[0], metrics),
+                jax.tree.map(lambda x: local(x).reshape((-1,) + x.shape[2:]),
+                             outputs))
       return run
     return jax.jit(jax.shard_map(fn, mesh=self.mesh,
                                  in_specs=(P(), P(BATCH_AXIS)),
                                  out_specs=(P(), P(BATCH_AXIS)),
                                  check_vma=False))
+
+
+def _replicate_from_host(tree: PyTree, sharding: NamedSharding) -> PyTree:
+  """Copies identical per-process values onto every device of `sharding`.
+
+  Each process supplies its own (equal) copy: with several processes the
+  mesh holds devices this process cannot address, where only host data built
+  by `make_array_from_callback` may be placed.
+  """
+  def put(x):
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype,
+                                                    jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)),
+                                      impl=jax.random.key_impl(x))
+    host = fetch_replicated(x)
+    return jax.make_array_from_callback(host.shape, sharding,
+                                        lambda index: host[index])
+  return jax.tree.map(put, tree)
+
+
+def fetch_replicated(tree: PyTree) -> PyTree:
+  """Numpy copies of replicated arrays (metrics, state), in any process.
+
+  A global array spanning several processes cannot be read whole from one;
+  every process holds a full replica, so read the local one.
+  """
+  def fetch(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      x = x.addressable_data(0)
+    return np.asarray(x)
+  return jax.tree.map(fetch, tree)
+
+
+def fetch_batch(tree: PyTree) -> PyTree:
+  """Numpy copies of per-example outputs, all processes' examples in order."""
+  def fetch(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+  return jax.tree.map(fetch, tree)
+
+
+def initialize_distributed(config) -> None:
+  """Starts JAX's multi-controller runtime when the config asks for it.
+
+  Call before anything else touches JAX devices. With `coordinator_address`
+  unset, `jax.distributed.initialize()` detects the cluster itself (Cloud
+  TPU pods, SLURM, Open MPI, Kubernetes); otherwise the address, process
+  count and id are passed explicitly. CPU processes talk through gloo.
+
+  Args:
+    config: the `distributed` section of an experiment config, with
+      `initialize` (bool), `coordinator_address`, `num_processes`,
+      `process_id`.
+  """
+  if not config.initialize:
+    return
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if config.coordinator_address:
+    jax.distributed.initialize(config.coordinator_address,
+                               config.num_processes, config.process_id)
+  else:
+    jax.distributed.initialize()
 
 
 def psum(tree: PyTree, axis_name: Optional[str]) -> PyTree:

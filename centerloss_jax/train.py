@@ -247,19 +247,21 @@ def eval_step(state: TrainState, batch: Batch, *,
   """Evaluates one batch: metric sums and the per-example features.
 
   Returns:
-    (metric sums over the global batch, {'feature': (b, D), 'logits': (b, K)})
-    the latter for this replica's examples.
+    (metric sums over the global batch, per-example outputs of this
+    replica's examples: 'feature' (b, D), 'logits' (b, K), and the batch's
+    'label' and 'weight', so outputs gathered from all replicas stay aligned).
   """
   features, logits, _ = _apply_model(state, state.params, batch['image'],
                                      train=False)
   metrics = _metric_sums(features, logits, batch['label'], batch['weight'],
                          state.centers, axis_name=axis_name)
-  return metrics, {'feature': features, 'logits': logits}
+  return metrics, {'feature': features, 'logits': logits,
+                   'label': batch['label'], 'weight': batch['weight']}
 
 
 def summarize(metric_sums: Metrics) -> dict[str, float]:
   """Turns accumulated metric sums into means (and the invalid-label count)."""
-  sums = jax.device_get(metric_sums)
+  sums = parallel.fetch_replicated(metric_sums)
   weight = max(float(sums['weight']), 1e-12)
   out = {k: float(v) / weight for k, v in sums.items()
          if k not in ('weight', 'invalid_labels')}
@@ -277,15 +279,17 @@ def _evaluate(eval_fn, dp, state, split, config) -> dict[str, Any]:
   metric_sums, features, labels = None, [], []
   for batch in input_pipeline.epoch_batches(
       split, global_batch_size=config.batch_size, epoch=0, seed=config.seed,
-      shuffle=False):
+      shuffle=False, process_index=jax.process_index(),
+      process_count=jax.process_count()):
     sums, outputs = eval_fn(state, dp.put_batch(batch))
     metric_sums = sums if metric_sums is None else jax.tree.map(
         jnp.add, metric_sums, sums)
-    real = batch['weight'] > 0
-    features.append(np.asarray(outputs['feature'])[real])
-    labels.append(batch['label'][real])
+    outputs = parallel.fetch_batch(outputs)  # All processes' examples.
+    real = outputs['weight'] > 0
+    features.append(outputs['feature'][real])
+    labels.append(outputs['label'][real])
   features, labels = np.concatenate(features), np.concatenate(labels)
-  centers = np.asarray(dp.host_state(state).centers)
+  centers = parallel.fetch_replicated(dp.host_state(state).centers)
   results = summarize(metric_sums)
   results.update(evaluation.compactness_metrics(features, labels, centers))
   return {'metrics': results, 'features': features, 'labels': labels,
@@ -371,11 +375,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if interval:
       _check_finite_and_summarize(interval, step - len(interval))
     host_state = dp.host_state(state)
-    if not _all_finite((host_state.params, host_state.centers)):
+    if not parallel.fetch_replicated(
+        _all_finite((host_state.params, host_state.centers))):
       raise NonFiniteLossError(
           f'Non-finite params or centers after step {step}. Training '
           'stopped; the checkpoints in the workdir are from before it.')
-    checkpointing.save(manager, host_state,
+    checkpointing.save(manager, host_state, step=step,
                        data_position=data_position(step), force=True)
 
   preempted = []
@@ -438,7 +443,7 @@ def _check_finite_and_summarize(step_metrics: list[Metrics],
   Checked at logging time rather than every step: the per-step values stay on
   the device until then, so the check does not stall the pipeline.
   """
-  host = jax.device_get(step_metrics)
+  host = parallel.fetch_replicated(step_metrics)
   for offset, sums in enumerate(host):
     for key in ('cross_entropy', 'center_loss'):
       if not np.isfinite(sums[key]):

@@ -65,6 +65,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.num_train_steps = -1            # > 0 overrides num_epochs.
   config.parallel = 'jit'                # 'jit', 'pmap' or 'shard_map'.
 
+  # Multi-host: `initialize=True` starts jax.distributed; with no coordinator
+  # address it detects the cluster (TPU pods, SLURM, ...). Each process reads
+  # its share of every global batch.
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.initialize = False
+  config.distributed.coordinator_address = (
+      ml_collections.config_dict.placeholder(str))
+  config.distributed.num_processes = ml_collections.config_dict.placeholder(int)
+  config.distributed.process_id = ml_collections.config_dict.placeholder(int)
+
   config.log_every_steps = 50
   config.eval_every_steps = -1           # -1: at the end of every epoch.
   config.checkpoint_every_steps = 200

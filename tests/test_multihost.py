@@ -1,0 +1,95 @@
+"""2 processes x 4 CPU devices train and checkpoint like 1 process x 8.
+
+The processes talk through JAX's own multi-controller runtime (gloo over
+127.0.0.1); the test starts them on a free port and kills them after a
+bounded time.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import multihost_worker
+from centerloss_jax import checkpointing
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                      'multihost_worker.py')
+REPO_ROOT = os.path.dirname(os.path.dirname(WORKER))
+TIMEOUT_SECONDS = 240
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _run_two_processes(mode, workdir, action):
+  port = _free_port()
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)  # The worker asks for 4 devices itself.
+  env['PYTHONPATH'] = os.pathsep.join([REPO_ROOT, env.get('PYTHONPATH', '')])
+  processes = [
+      subprocess.Popen(
+          [sys.executable, WORKER, str(i), '2', str(port), mode,
+           str(workdir), action],
+          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+          text=True)
+      for i in range(2)]
+  try:
+    outputs = [p.communicate(timeout=TIMEOUT_SECONDS)[0] for p in processes]
+  finally:
+    for p in processes:
+      if p.poll() is None:
+        p.kill()
+  for i, (p, out) in enumerate(zip(processes, outputs)):
+    assert p.returncode == 0, f'process {i} failed:\n{out[-3000:]}'
+
+
+def _assert_same(actual, expected, what):
+  assert sorted(actual) == sorted(expected), what
+  for key in expected:
+    np.testing.assert_allclose(actual[key], expected[key], rtol=1e-5,
+                               atol=1e-6, err_msg=f'{what}: {key}')
+
+
+@pytest.fixture(scope='module')
+def single_process_result():
+  """1 process x 8 devices (tests/conftest.py), shard_map."""
+  _, state = multihost_worker.train_steps('shard_map')
+  return multihost_worker.to_numpy(state)
+
+
+@pytest.mark.parametrize('mode', ['shard_map', 'pmap'])
+def test_two_processes_match_one_process(mode, single_process_result,
+                                         tmp_path):
+  _run_two_processes(mode, tmp_path, 'train')
+  result = dict(np.load(tmp_path / 'result.npz'))
+  assert result['step'] == multihost_worker.NUM_STEPS
+  assert np.abs(result['centers']).max() > 0, 'centers never moved'
+  _assert_same(result, single_process_result, f'2x4 {mode} vs 1x8')
+
+
+def test_checkpoint_moves_between_process_layouts(single_process_result,
+                                                  tmp_path):
+  # Saved by 2 processes, restored by 1.
+  two = tmp_path / 'saved_by_two'
+  _run_two_processes('shard_map', two, 'train')
+  manager = checkpointing.create_manager(str(two), max_to_keep=1)
+  state, _ = checkpointing.restore_latest(manager, multihost_worker._state())  # pylint: disable=protected-access
+  _assert_same(multihost_worker.to_numpy(state), single_process_result,
+               'restored by 1 process')
+  # Saved by 1 process, restored by 2.
+  one = tmp_path / 'saved_by_one'
+  _, state = multihost_worker.train_steps('shard_map')
+  manager = checkpointing.create_manager(str(one), max_to_keep=1)
+  checkpointing.save(manager, state, step=multihost_worker.NUM_STEPS,
+                     data_position={'epoch': 0, 'step_in_epoch': 3})
+  manager.close()
+  _run_two_processes('shard_map', one, 'restore')
+  _assert_same(dict(np.load(one / 'restored.npz')), single_process_result,
+               'restored by 2 processes')
