@@ -10,6 +10,14 @@
 The step functions are written once, per replica, taking `axis_name` (None for
 `'jit'`); they reduce across replicas with collectives on that axis.
 
+Class sharding (`model_shards > 1`, shard_map only): the mesh is 2-D,
+`('batch', 'model')`, the batch split over `'batch'` and replicated over
+`'model'`; the centers (`P('model', None)`) and the classifier kernel with
+its optimizer-state twins (`P(None, 'model')`) are split along the classes
+over `'model'`, everything else replicated. The step functions then reduce
+over both axes themselves (see `centerloss_jax.sharded`); `axis_name` stays
+`'batch'`, the model axis is `MODEL_AXIS`.
+
 Why `check_vma=False` for shard_map: with JAX's varying-axes checking on,
 `jax.grad` inside shard_map already sums the gradient of replicated params
 over the batch axis, while pmap does not; turning it off gives both mapped
@@ -33,6 +41,10 @@ import numpy as np
 
 MODES = ('jit', 'pmap', 'shard_map')
 BATCH_AXIS = 'batch'
+MODEL_AXIS = 'model'
+# The tree-path keys of the class-sharded classifier kernel: in the params
+# and in every optimizer-state twin of them (momentum, Adam's moments).
+CLASSIFIER_PATH = ('classifier', 'kernel')
 
 PyTree = Any
 
@@ -48,10 +60,12 @@ class DataParallel:
   mode: str
   devices: tuple[jax.Device, ...]
   mesh: Optional[jax.sharding.Mesh] = None
+  model_shards: int = 1
 
   @classmethod
   def create(cls, mode: str,
-             devices: Optional[Sequence[jax.Device]] = None) -> 'DataParallel':
+             devices: Optional[Sequence[jax.Device]] = None, *,
+             model_shards: int = 1) -> 'DataParallel':
     """Validates `mode` and picks its devices.
 
     Args:
@@ -60,6 +74,9 @@ class DataParallel:
         (`jax.devices()`). pmap always maps over all devices, each process
         feeding its local ones (as on TPU pods), so for pmap this must be
         None. jit uses the first local device.
+      model_shards: shards of the classes (centers and classifier kernel)
+        over a `'model'` mesh axis; > 1 needs mode 'shard_map' and a device
+        count divisible by it. 1: plain data parallelism.
 
     Returns:
       The DataParallel for `mode`.
@@ -67,6 +84,22 @@ class DataParallel:
     if mode not in MODES:
       raise ValueError(
           f'Unknown parallel mode {mode!r}; expected one of {MODES}.')
+    if model_shards < 1:
+      raise ValueError(f'class_shards must be >= 1, got {model_shards}.')
+    if model_shards > 1:
+      if mode != 'shard_map':
+        raise ValueError(
+            f'class_shards={model_shards} needs parallel mode '
+            f"'shard_map' (a 2-D ('batch', 'model') mesh), got parallel="
+            f'{mode!r}.')
+      devices = tuple(devices or jax.devices())
+      if len(devices) % model_shards:
+        raise ValueError(
+            f'class_shards={model_shards} does not divide the '
+            f'{len(devices)} devices.')
+      mesh = jax.make_mesh((len(devices) // model_shards, model_shards),
+                           (BATCH_AXIS, MODEL_AXIS), devices=devices)
+      return cls(mode, devices, mesh, model_shards)
     if mode == 'jit':
       if jax.process_count() > 1:
         raise ValueError(
@@ -86,7 +119,8 @@ class DataParallel:
     """Replicas over all processes: the divisor of the global batch."""
     if self.mode == 'pmap':
       return len(self.devices) * jax.process_count()
-    return len(self.devices)
+    # Model shards of one batch replica see the same examples.
+    return len(self.devices) // self.model_shards
 
   @property
   def axis_name(self) -> Optional[str]:
@@ -109,13 +143,36 @@ class DataParallel:
       n = len(self.devices)
       return jax.tree.map(
           lambda x: jnp.broadcast_to(x, (n,) + jnp.shape(x)), state)
-    return _replicate_from_host(state, NamedSharding(self.mesh, P()))
+    return _replicate_from_host(state, jax.tree.map(
+        lambda spec: NamedSharding(self.mesh, spec), self.state_specs(state),
+        is_leaf=lambda x: isinstance(x, P)))
+
+  def state_specs(self, state: PyTree) -> PyTree:
+    """The PartitionSpec of every leaf of `state` on this mode's mesh.
+
+    All P() (replicated) unless the classes are sharded: then the centers are
+    split by rows, `P('model', None)`, and every leaf whose tree path ends in
+    `CLASSIFIER_PATH` (the kernel in the params and its optimizer-state
+    twins, which have the kernel's shape) by columns, `P(None, 'model')`.
+    """
+    def spec(path, _):
+      if self.model_shards == 1:
+        return P()
+      keys = tuple(getattr(k, 'key', getattr(k, 'name', None)) for k in path)
+      if keys == ('centers',):
+        return P(MODEL_AXIS, None)
+      if keys[-len(CLASSIFIER_PATH):] == CLASSIFIER_PATH:
+        return P(None, MODEL_AXIS)
+      return P()
+    return jax.tree_util.tree_map_with_path(spec, state)
 
   def host_state(self, state: PyTree) -> PyTree:
     """The state as one copy, e.g. to checkpoint (pmap keeps one per device).
 
     With several processes the copy is a global array replicated over all
-    devices, which Orbax saves once for all processes.
+    devices (or, with class sharding, split over them as in training), which
+    Orbax saves once for all processes; restore it into the unplaced state
+    from `create_train_state` and `put_state` it again.
     """
     if self.mode != 'pmap':
       return state
@@ -171,10 +228,15 @@ class DataParallel:
         return state, jax.tree.map(lambda x: x.addressable_data(0)[0],
                                    metrics)
       return run
-    return jax.jit(jax.shard_map(fn, mesh=self.mesh,
-                                 in_specs=(P(), P(BATCH_AXIS)),
-                                 out_specs=(P(), P()), check_vma=False),
-                   donate_argnums=0)
+    if self.model_shards == 1:
+      return jax.jit(jax.shard_map(fn, mesh=self.mesh,
+                                   in_specs=(P(), P(BATCH_AXIS)),
+                                   out_specs=(P(), P()), check_vma=False),
+                     donate_argnums=0)
+    return self._compile_for_state(
+        lambda specs: jax.jit(jax.shard_map(
+            fn, mesh=self.mesh, in_specs=(specs, P(BATCH_AXIS)),
+            out_specs=(specs, P()), check_vma=False), donate_argnums=0))
 
   def compile_eval_step(self, step_fn: Callable[..., tuple[PyTree, PyTree]]
                         ) -> Callable[[PyTree, PyTree], tuple[PyTree, PyTree]]:
@@ -197,28 +259,56 @@ class DataParallel:
                 jax.tree.map(lambda x: local(x).reshape((-1,) + x.shape[2:]),
                              outputs))
       return run
-    return jax.jit(jax.shard_map(fn, mesh=self.mesh,
-                                 in_specs=(P(), P(BATCH_AXIS)),
-                                 out_specs=(P(), P(BATCH_AXIS)),
-                                 check_vma=False))
+    if self.model_shards == 1:
+      return jax.jit(jax.shard_map(fn, mesh=self.mesh,
+                                   in_specs=(P(), P(BATCH_AXIS)),
+                                   out_specs=(P(), P(BATCH_AXIS)),
+                                   check_vma=False))
+    return self._compile_for_state(
+        lambda specs: jax.jit(jax.shard_map(
+            fn, mesh=self.mesh, in_specs=(specs, P(BATCH_AXIS)),
+            out_specs=(P(), P(BATCH_AXIS)), check_vma=False)))
+
+  def _compile_for_state(self, compile_fn: Callable[[PyTree], Callable]
+                         ) -> Callable[[PyTree, PyTree], Any]:
+    """`compile_fn(state_specs)(state, batch)`, compiled per state structure.
+
+    The state's specs depend on its tree (which leaves are the centers and
+    the kernel), known only at the first call.
+    """
+    compiled = {}
+    def run(state, batch):
+      treedef = jax.tree.structure(state)
+      if treedef not in compiled:
+        compiled[treedef] = compile_fn(self.state_specs(state))
+      return compiled[treedef](state, batch)
+    return run
 
 
-def _replicate_from_host(tree: PyTree, sharding: NamedSharding) -> PyTree:
-  """Copies identical per-process values onto every device of `sharding`.
+def _replicate_from_host(tree: PyTree, sharding: Any) -> PyTree:
+  """Copies identical per-process values onto the devices of `sharding`.
 
   Each process supplies its own (equal) copy: with several processes the
   mesh holds devices this process cannot address, where only host data built
-  by `make_array_from_callback` may be placed.
+  by `make_array_from_callback` may be placed. Each device takes its block of
+  the value, so a split sharding places a split array.
+
+  Args:
+    tree: host or single-device values, the same in every process.
+    sharding: one NamedSharding for every leaf, or a tree of them matching
+      `tree`.
   """
-  def put(x):
+  def put(x, sharding):
     if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype,
                                                     jax.dtypes.prng_key):
-      return jax.random.wrap_key_data(put(jax.random.key_data(x)),
+      return jax.random.wrap_key_data(put(jax.random.key_data(x), sharding),
                                       impl=jax.random.key_impl(x))
-    host = fetch_replicated(x)
+    host = fetch_global(x)
     return jax.make_array_from_callback(host.shape, sharding,
                                         lambda index: host[index])
-  return jax.tree.map(put, tree)
+  if isinstance(sharding, jax.sharding.Sharding):
+    return jax.tree.map(lambda x: put(x, sharding), tree)
+  return jax.tree.map(put, tree, sharding)
 
 
 def fetch_replicated(tree: PyTree) -> PyTree:
@@ -231,6 +321,21 @@ def fetch_replicated(tree: PyTree) -> PyTree:
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
       x = x.addressable_data(0)
     return np.asarray(x)
+  return jax.tree.map(fetch, tree)
+
+
+def fetch_global(tree: PyTree) -> PyTree:
+  """Numpy copies of whole global arrays, replicated or split, in any process.
+
+  Like `fetch_replicated`, but an array split over devices of several
+  processes (class-sharded centers) is all-gathered first; every process must
+  call it.
+  """
+  def fetch(x):
+    if (isinstance(x, jax.Array) and not x.is_fully_addressable
+        and not x.is_fully_replicated):
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return fetch_replicated(x)
   return jax.tree.map(fetch, tree)
 
 

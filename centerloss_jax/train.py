@@ -9,6 +9,12 @@ respect to the params only, applies the optimizer, and moves the centers by
 Eq. 4 computed on the *global* batch. `centerloss_jax.parallel.DataParallel`
 runs it under single-device `jax.jit`, `jax.pmap` or `jax.jit` +
 `jax.shard_map`.
+
+With `config.class_shards > 1` the centers and the classifier kernel are
+split along the classes over a `'model'` mesh axis (for 100K+ identities,
+whose (C, D) arrays outgrow one device); `class_sharded_train_step` and
+`class_sharded_eval_step` are then the steps, built from the primitives of
+`centerloss_jax.sharded`, computing the same objective and metrics.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from centerloss_jax import loss as loss_lib
 from centerloss_jax import models
 from centerloss_jax import parallel
 from centerloss_jax import plotting
+from centerloss_jax import sharded
 from centerloss_jax import writers
 from centerloss_jax.parallel import psum
 
@@ -58,12 +65,44 @@ class TrainState(train_state.TrainState):
   rng: jax.Array
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int):
-  """The model named by `config.model`, returning `(features, logits)`."""
+def create_model(config: ml_collections.ConfigDict, num_classes: int, *,
+                 use_classifier: bool = True):
+  """The model named by `config.model`, returning `(features, logits)`.
+
+  With `use_classifier=False` it returns `(features, None)`: the classifier
+  is then applied by the class-sharded step from `params['classifier']`.
+  """
   kwargs = dict(config.model)
   name = kwargs.pop('name')
   kwargs['dtype'] = jnp.dtype(kwargs.get('dtype', 'float32'))
+  if not use_classifier:
+    kwargs['use_classifier'] = False
   return models.create_model(name, num_classes=num_classes, **kwargs)
+
+
+def check_class_shards(config: ml_collections.ConfigDict,
+                       num_classes: int) -> int:
+  """Validates `config.class_shards` against the mode and the classes.
+
+  Returns:
+    The number of class shards (1: the classes are not sharded).
+
+  Raises:
+    ValueError: class_shards < 1, > 1 without parallel mode 'shard_map', or
+      not dividing num_classes.
+  """
+  class_shards = config.get('class_shards', 1)
+  if class_shards < 1:
+    raise ValueError(f'class_shards must be >= 1, got {class_shards}.')
+  if class_shards > 1 and config.parallel != 'shard_map':
+    raise ValueError(
+        f"class_shards={class_shards} needs parallel mode 'shard_map' (a "
+        f"2-D ('batch', 'model') mesh), got parallel={config.parallel!r}.")
+  if num_classes % class_shards:
+    raise ValueError(
+        f'class_shards={class_shards} does not divide num_classes='
+        f'{num_classes}: every shard must hold as many classes.')
+  return class_shards
 
 
 def create_learning_rate_fn(config: ml_collections.ConfigDict,
@@ -122,7 +161,11 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, *,
 
   Returns:
     A TrainState with centers of shape (num_classes, model.feature_dim).
+    With `config.class_shards > 1` the classifier's (feature_dim,
+    num_classes) kernel is `params['classifier']['kernel']`, outside the
+    model, so `DataParallel.put_state` can split it.
   """
+  class_shards = check_class_shards(config, num_classes)
   model = create_model(config, num_classes)
   init_rng, state_rng = jax.random.split(rng)
   variables = jax.jit(model.init, static_argnames='train')(
@@ -135,8 +178,18 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, *,
   # Zeros, as the reference layer: Eq. 4 moves each center to its class within
   # a few batches, and no random center can start closer.
   centers = jnp.zeros((num_classes, features.shape[-1]), jnp.float32)
+  apply_fn = model.apply
+  if class_shards > 1:
+    # The kernel the replicated model initialised, moved out of it: the same
+    # init and RNG use, so class sharding changes the layout, not the run.
+    # (Built whole on the host: 256 MB at 131K x 512, fine; an init already
+    # split over devices would be the next step for millions of classes.)
+    params = dict(params)
+    kernel = params.pop(models.lenet_pp.CLASSIFIER_SCOPE)['kernel']
+    params['classifier'] = {'kernel': kernel}
+    apply_fn = create_model(config, num_classes, use_classifier=False).apply
   return TrainState.create(
-      apply_fn=model.apply, params=params,
+      apply_fn=apply_fn, params=params,
       tx=create_optimizer(config, learning_rate_fn), centers=centers,
       batch_stats=batch_stats, rng=state_rng)
 
@@ -156,29 +209,61 @@ def _apply_model(state: TrainState, params, images, *, train: bool,
   return features, logits, state.batch_stats
 
 
-def _metric_sums(features, logits, labels, weights, centers, *,
-                 axis_name) -> Metrics:
-  """Sums over the global batch; divide by `weight` for means.
+def _step_rng(state: TrainState, axis_name: Optional[str]) -> jax.Array:
+  """The dropout key of this step and replica."""
+  rng = jax.random.fold_in(state.rng, state.step)
+  if axis_name is not None:
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  return rng
+
+
+def _sum_metrics(features, labels, weights, *, num_classes, cross_entropy,
+                 correct, center_distances, axis_name) -> Metrics:
+  """Metric sums over the global batch from this replica's per-example terms.
 
   Sums rather than means so that batches (and replicas, and a padded final
-  batch) combine exactly.
+  batch) combine exactly; divide by `weight` for means. Shared by the
+  replicated and the class-sharded steps, which differ only in how they get
+  the per-example terms.
+
+  Args:
+    features: (b, D) this replica's features.
+    labels: (b,) their labels.
+    weights: (b,) their weights, before masking invalid labels.
+    num_classes: C, all shards together.
+    cross_entropy: (b,) per-example softmax cross-entropy.
+    correct: (b,) bool, argmax == label.
+    center_distances: (b,) center-loss terms, already weighted (with invalid
+      labels masked).
+    axis_name: the replica axis, or None.
   """
-  num_classes = centers.shape[0]
   invalid_labels = loss_lib.invalid_label_count(labels, num_classes, weights)
   weights = weights * loss_lib.valid_label_mask(labels, num_classes)
-  ce = optax.softmax_cross_entropy_with_integer_labels(
-      logits, jnp.clip(labels, 0, num_classes - 1))
   sums = {
-      'cross_entropy': jnp.sum(weights * ce),
-      'center_loss': jnp.sum(
-          loss_lib.center_distances(features, labels, centers, weights)),
-      'accuracy': jnp.sum(weights * (jnp.argmax(logits, -1) == labels)),
+      'cross_entropy': jnp.sum(weights * cross_entropy),
+      'center_loss': jnp.sum(center_distances),
+      'accuracy': jnp.sum(weights * correct),
       'feature_norm': jnp.sum(weights * jnp.linalg.norm(features, axis=-1)),
       'weight': jnp.sum(weights),
   }
   sums = psum(sums, axis_name)
   sums['invalid_labels'] = psum(invalid_labels, axis_name)
   return sums
+
+
+def _metric_sums(features, logits, labels, weights, centers, *,
+                 axis_name) -> Metrics:
+  """Metric sums (see `_sum_metrics`) from replicated logits and centers."""
+  num_classes = centers.shape[0]
+  valid_weights = weights * loss_lib.valid_label_mask(labels, num_classes)
+  ce = optax.softmax_cross_entropy_with_integer_labels(
+      logits, jnp.clip(labels, 0, num_classes - 1))
+  return _sum_metrics(
+      features, labels, weights, num_classes=num_classes, cross_entropy=ce,
+      correct=jnp.argmax(logits, -1) == labels,
+      center_distances=loss_lib.center_distances(features, labels, centers,
+                                                 valid_weights),
+      axis_name=axis_name)
 
 
 def train_step(state: TrainState, batch: Batch, *, center_loss_weight: float,
@@ -210,9 +295,7 @@ def train_step(state: TrainState, batch: Batch, *, center_loss_weight: float,
   # The global normaliser: each replica divides its sums by it, so the psum of
   # per-replica gradients is exactly the gradient of the global-batch mean.
   total_weight = jnp.maximum(psum(jnp.sum(weights), axis_name), 1e-12)
-  rng = jax.random.fold_in(state.rng, state.step)
-  if axis_name is not None:
-    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  rng = _step_rng(state, axis_name)
 
   def loss_fn(params):
     features, logits, batch_stats = _apply_model(
@@ -259,6 +342,164 @@ def eval_step(state: TrainState, batch: Batch, *,
                    'label': batch['label'], 'weight': batch['weight']}
 
 
+def _split_classifier(params) -> tuple[Any, jax.Array]:
+  """(the backbone's params, the class-sharded classifier kernel)."""
+  backbone = {k: v for k, v in params.items() if k != 'classifier'}
+  return backbone, params['classifier']['kernel']
+
+
+def _class_sharded_logits(features, kernel, *, dtype, axis_name, model_axis):
+  """This device's classes' logits of the global batch, computed in `dtype`.
+
+  Cast as the replicated model's classifier (a Dense with the model's dtype)
+  casts its input and kernel, so bf16 configs compute in bf16 here too.
+  """
+  return sharded.sharded_logits(
+      features.astype(dtype), kernel.astype(dtype), model_axis=model_axis,
+      batch_axis=axis_name)
+
+
+def _class_sharded_metric_sums(features, logits, labels, weights,
+                               centers_shard, *, axis_name,
+                               model_axis) -> Metrics:
+  """`_metric_sums` for class-sharded logits (global batch) and centers.
+
+  The cross-entropy and accuracy come for the whole global batch on every
+  device; each replica keeps its own rows, so `_sum_metrics` sums every
+  example once, exactly as in the replicated step.
+  """
+  num_classes = centers_shard.shape[0] * jax.lax.axis_size(model_axis)
+  valid_weights = weights * loss_lib.valid_label_mask(labels, num_classes)
+  global_labels = jax.lax.all_gather(labels, axis_name, axis=0, tiled=True)
+  rows = labels.shape[0]
+  own_rows = lambda x: jax.lax.dynamic_slice_in_dim(
+      x, jax.lax.axis_index(axis_name) * rows, rows)
+  return _sum_metrics(
+      features, labels, weights, num_classes=num_classes,
+      cross_entropy=own_rows(sharded.sharded_softmax_cross_entropy(
+          logits, global_labels, model_axis=model_axis)),
+      correct=own_rows(sharded.sharded_argmax_accuracy(
+          logits, global_labels, model_axis=model_axis)),
+      center_distances=sharded.sharded_center_distances(
+          features, labels, centers_shard, valid_weights,
+          model_axis=model_axis),
+      axis_name=axis_name)
+
+
+def class_sharded_train_step(
+    state: TrainState, batch: Batch, *, center_loss_weight: float,
+    center_alpha: float, axis_name: str, dtype: Any = jnp.float32,
+    model_axis: str = parallel.MODEL_AXIS) -> tuple[TrainState, Metrics]:
+  """`train_step` with the centers and classifier kernel split by classes.
+
+  Per device of a `(batch, model)` mesh under `jax.shard_map` (check_vma
+  off): `batch` is this batch replica's share, identical on its model
+  shards; `state.centers` is this device's (C / M, D) rows,
+  `state.params['classifier']['kernel']` its (D, C / M) columns (and so are
+  the kernel's optimizer-state twins), the rest replicated. Same objective,
+  normalisation, Eq. 4 update and metrics as `train_step`; see
+  `centerloss_jax.sharded` for why each collective is where it is.
+
+  Gradients: the backbone's are `psum`-ed over `axis_name` as in
+  `train_step`; the kernel's are not, since every batch replica computes
+  them from the whole global batch (`sharded_logits`). The optimizer acts
+  on each shard alone, which is exact for the elementwise SGD/AdamW of
+  `create_optimizer` (a global-norm clip would not be).
+
+  Args:
+    state: this device's part of the TrainState (donated).
+    batch: this batch replica's {'image', 'label', 'weight'}.
+    center_loss_weight: lambda of Eq. 5.
+    center_alpha: alpha of Eq. 4.
+    axis_name: the batch axis ('batch').
+    dtype: the classifier's computation dtype (the model's).
+    model_axis: the class axis ('model').
+
+  Returns:
+    The new state (this device's part) and metric sums over the global
+    batch, as `train_step`'s.
+  """
+  labels = batch['label']
+  num_classes = state.centers.shape[0] * jax.lax.axis_size(model_axis)
+  weights = batch['weight'] * loss_lib.valid_label_mask(labels, num_classes)
+  total_weight = jnp.maximum(psum(jnp.sum(weights), axis_name), 1e-12)
+  rng = _step_rng(state, axis_name)
+  # The logits are of the global batch: pair them with its labels/weights.
+  global_labels, global_weights = jax.lax.all_gather(
+      (labels, weights), axis_name, axis=0, tiled=True)
+
+  def loss_fn(params):
+    backbone, kernel = _split_classifier(params)
+    features, _, batch_stats = _apply_model(
+        state, backbone, batch['image'], train=True, rng=rng)
+    logits = _class_sharded_logits(features, kernel, dtype=dtype,
+                                   axis_name=axis_name, model_axis=model_axis)
+    # Every batch replica holds the global batch's CE; `sharded_logits`
+    # hands each only its own rows' feature gradient, so the backbone's psum
+    # below counts every example once.
+    ce = jnp.sum(global_weights * sharded.sharded_softmax_cross_entropy(
+        logits, global_labels, model_axis=model_axis)) / total_weight
+    center = jnp.sum(sharded.sharded_center_distances(
+        features, labels, state.centers, weights,
+        model_axis=model_axis)) / total_weight
+    return ce + center_loss_weight * center, (features, logits, batch_stats)
+
+  grads, (features, logits, batch_stats) = jax.grad(
+      loss_fn, has_aux=True)(state.params)
+  backbone_grads, kernel_grad = _split_classifier(grads)
+  grads = {**psum(backbone_grads, axis_name),
+           'classifier': {'kernel': kernel_grad}}
+  centers = sharded.sharded_update_centers(
+      state.centers, features, labels, alpha=center_alpha, weights=weights,
+      model_axis=model_axis, batch_axis=axis_name)
+  metrics = _class_sharded_metric_sums(
+      features, logits, labels, batch['weight'], state.centers,
+      axis_name=axis_name, model_axis=model_axis)
+  if state.batch_stats:
+    batch_stats = jax.lax.pmean(batch_stats, axis_name)
+  state = state.apply_gradients(grads=grads, centers=centers,
+                                batch_stats=batch_stats)
+  return state, metrics
+
+
+def class_sharded_eval_step(
+    state: TrainState, batch: Batch, *, axis_name: str,
+    dtype: Any = jnp.float32, model_axis: str = parallel.MODEL_AXIS
+    ) -> tuple[Metrics, dict[str, jax.Array]]:
+  """`eval_step` with class-sharded centers and kernel (see the train step).
+
+  Returns:
+    (metric sums over the global batch, this replica's 'feature', 'label'
+    and 'weight'). No 'logits': (batch, C) is what class sharding exists
+    not to gather.
+  """
+  backbone, kernel = _split_classifier(state.params)
+  features, _, _ = _apply_model(state, backbone, batch['image'], train=False)
+  logits = _class_sharded_logits(features, kernel, dtype=dtype,
+                                 axis_name=axis_name, model_axis=model_axis)
+  metrics = _class_sharded_metric_sums(
+      features, logits, batch['label'], batch['weight'], state.centers,
+      axis_name=axis_name, model_axis=model_axis)
+  return metrics, {'feature': features, 'label': batch['label'],
+                   'weight': batch['weight']}
+
+
+def step_functions(config: ml_collections.ConfigDict):
+  """(train step, eval step) for `DataParallel.compile_*_step`.
+
+  The replicated `train_step`/`eval_step`, or their class-sharded versions
+  when `config.class_shards > 1`.
+  """
+  center_kwargs = dict(center_loss_weight=config.center_loss.weight,
+                       center_alpha=config.center_loss.alpha)
+  if config.get('class_shards', 1) == 1:
+    return functools.partial(train_step, **center_kwargs), eval_step
+  dtype = jnp.dtype(config.model.get('dtype', 'float32'))
+  return (functools.partial(class_sharded_train_step, dtype=dtype,
+                            **center_kwargs),
+          functools.partial(class_sharded_eval_step, dtype=dtype))
+
+
 def summarize(metric_sums: Metrics) -> dict[str, float]:
   """Turns accumulated metric sums into means (and the invalid-label count)."""
   sums = parallel.fetch_replicated(metric_sums)
@@ -289,7 +530,7 @@ def _evaluate(eval_fn, dp, state, split, config) -> dict[str, Any]:
     features.append(outputs['feature'][real])
     labels.append(outputs['label'][real])
   features, labels = np.concatenate(features), np.concatenate(labels)
-  centers = parallel.fetch_replicated(dp.host_state(state).centers)
+  centers = parallel.fetch_global(dp.host_state(state).centers)
   results = summarize(metric_sums)
   results.update(evaluation.compactness_metrics(features, labels, centers))
   return {'metrics': results, 'features': features, 'labels': labels,
@@ -320,7 +561,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   is_main = jax.process_index() == 0
   writer = writers.create_writer(workdir, is_main_process=is_main)
   dataset = input_pipeline.load_dataset(config.input)
-  dp = parallel.DataParallel.create(config.parallel)
+  check_class_shards(config, dataset.num_classes)
+  dp = parallel.DataParallel.create(
+      config.parallel, model_shards=config.get('class_shards', 1))
   dp.check_batch_size(config.batch_size)
 
   steps_per_epoch = input_pipeline.steps_per_epoch(
@@ -350,10 +593,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                  parameter_overview.get_parameter_overview(state.params))
 
   state = dp.put_state(state)
-  train_fn = dp.compile_train_step(functools.partial(
-      train_step, center_loss_weight=config.center_loss.weight,
-      center_alpha=config.center_loss.alpha))
-  eval_fn = dp.compile_eval_step(eval_step)
+  train_step_fn, eval_step_fn = step_functions(config)
+  train_fn = dp.compile_train_step(train_step_fn)
+  eval_fn = dp.compile_eval_step(eval_step_fn)
   augment_fn = input_pipeline.make_augment_fn(
       crop_padding=config.input.crop_padding, flip=config.input.flip)
 

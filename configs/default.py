@@ -64,6 +64,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.num_epochs = 1.0
   config.num_train_steps = -1            # > 0 overrides num_epochs.
   config.parallel = 'jit'                # 'jit', 'pmap' or 'shard_map'.
+  # > 1: split the centers and the classifier kernel along the classes over
+  # a 'model' mesh axis of this size (mesh (devices // n, n), shard_map only;
+  # must divide num_classes). For 100K+ identities; 1: replicated.
+  config.class_shards = 1
 
   # Multi-host: `initialize=True` starts jax.distributed; with no coordinator
   # address it detects the cluster (TPU pods, SLURM, ...). Each process reads

@@ -7,7 +7,7 @@ import tensorflow_datasets as tfds
 
 from centerloss_jax import train
 
-CONFIGS = ['default', 'fashion_mnist_lenetpp', 'mnist_lenetpp']
+CONFIGS = ['default', 'face_scale', 'fashion_mnist_lenetpp', 'mnist_lenetpp']
 
 
 @pytest.mark.parametrize('name', CONFIGS)

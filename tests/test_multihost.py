@@ -6,14 +6,13 @@ bounded time.
 """
 
 import os
-import socket
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 import multihost_worker
+import multiprocess_util
 from centerloss_jax import checkpointing
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -22,32 +21,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(WORKER))
 TIMEOUT_SECONDS = 240
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def _run_two_processes(mode, workdir, action):
-  port = _free_port()
-  env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)  # The worker asks for 4 devices itself.
-  env['PYTHONPATH'] = os.pathsep.join([REPO_ROOT, env.get('PYTHONPATH', '')])
-  processes = [
-      subprocess.Popen(
-          [sys.executable, WORKER, str(i), '2', str(port), mode,
-           str(workdir), action],
-          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-          text=True)
-      for i in range(2)]
-  try:
-    outputs = [p.communicate(timeout=TIMEOUT_SECONDS)[0] for p in processes]
-  finally:
-    for p in processes:
-      if p.poll() is None:
-        p.kill()
-  for i, (p, out) in enumerate(zip(processes, outputs)):
-    assert p.returncode == 0, f'process {i} failed:\n{out[-3000:]}'
+  port = multiprocess_util.free_port()
+  multiprocess_util.run_processes(
+      [[sys.executable, WORKER, str(i), '2', str(port), mode, str(workdir),
+        action] for i in range(2)],
+      pythonpath=[REPO_ROOT], timeout=TIMEOUT_SECONDS)
 
 
 def _assert_same(actual, expected, what):

@@ -10,7 +10,7 @@ pool gives 3 as well).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -48,6 +48,13 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
+# The classifier's param scope: the name Flax gives the second Dense. Kept
+# (not renamed) so the replicated param tree, and old checkpoints, stay as
+# they are; class-sharded training moves this kernel out of the model (see
+# `use_classifier`).
+CLASSIFIER_SCOPE = 'Dense_1'
+
+
 class LeNetPlusPlus(nn.Module):
   """LeNet++ returning `(features, logits)`.
 
@@ -60,16 +67,21 @@ class LeNetPlusPlus(nn.Module):
       before its classifier.
     dtype: computation dtype (e.g. jnp.bfloat16 on accelerators); params and
       returned features/logits stay float32.
+    use_classifier: False drops the classifier and returns
+      `(features, None)`: class-sharded training holds the (D, C) kernel
+      itself, split over devices, and applies it with
+      `sharded.sharded_logits`.
   """
   num_classes: int = 10
   feature_dim: int = 2
   stage_channels: Sequence[int] = (32, 64, 128)
   feature_activation: bool = True
   dtype: Any = jnp.float32
+  use_classifier: bool = True
 
   @nn.compact
   def __call__(self, images: jax.Array,
-               train: bool = False) -> tuple[jax.Array, jax.Array]:
+               train: bool = False) -> tuple[jax.Array, Optional[jax.Array]]:
     del train  # No dropout or batch norm: train and eval are the same.
     x = images.astype(self.dtype)
     init = nn.initializers.xavier_uniform()  # The reference's Xavier filler.
@@ -83,6 +95,8 @@ class LeNetPlusPlus(nn.Module):
     features = nn.Dense(self.feature_dim, kernel_init=init, dtype=self.dtype)(x)
     if self.feature_activation:
       features = PReLU()(features)
+    if not self.use_classifier:
+      return features.astype(jnp.float32), None
     logits = nn.Dense(self.num_classes, use_bias=False, kernel_init=init,
                       dtype=self.dtype)(features)
     return features.astype(jnp.float32), logits.astype(jnp.float32)
