@@ -44,6 +44,7 @@ import jaxlib
 import numpy as np
 import optax
 
+from benchmarks import common
 from centerloss_jax import loss as loss_lib
 from centerloss_jax import train
 from configs import default as default_config
@@ -79,9 +80,6 @@ _LENET_WEIGHT0 = flags.DEFINE_bool(
     'Also time train_step with center_loss_weight=0 (center update and '
     'center metric still run).')
 _SEED = flags.DEFINE_integer('seed', 0, 'PRNG seed for the synthetic data.')
-
-_MIB = 2.0**20
-
 
 # ----------------------------------------------------------------------------
 # Step functions.
@@ -122,90 +120,6 @@ def _compile(fn: Callable[..., Any], *args) -> Any:
   return jax.jit(fn, donate_argnums=0).lower(*args).compile()
 
 
-def _entry_computation(hlo_text: str) -> str:
-  return hlo_text[hlo_text.index('\nENTRY'):]
-
-
-_INSTRUCTION = re.compile(
-    r'^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*\w+\[([\d,]*)\]\S*\s+([\w\-]+)\(')
-
-
-def _class_sized_ops(hlo_text: str, num_classes: int) -> list[str]:
-  """Entry-computation instructions (not parameters) with a num_classes dim.
-
-  Fusions are named by the fusion's name without its numeric suffix (XLA names
-  them after what they contain, e.g. `wrapped_scatter`).
-  """
-  found = []
-  for line in _entry_computation(hlo_text).splitlines():
-    match = _INSTRUCTION.match(line)
-    if not match:
-      continue
-    name, dims, opcode = match.groups()
-    if opcode == 'parameter' or not dims:
-      continue
-    if num_classes in [int(d) for d in dims.split(',')]:
-      found.append(re.sub(r'\.\d+$', '', name) if opcode == 'fusion'
-                   else opcode)
-  return found
-
-
-def _summarize_ops(ops: Sequence[str]) -> str:
-  counts = {}
-  for op in ops:
-    counts[op] = counts.get(op, 0) + 1
-  return ', '.join(f'{op} x{n}' if n > 1 else op for op, n in counts.items()
-                   ) or 'none'
-
-
-def _aliases_first_argument(hlo_text: str) -> bool:
-  """Whether the module aliases parameter 0 to an output buffer."""
-  header = hlo_text.splitlines()[0]
-  match = re.search(r'input_output_alias=\{(.*?)\}\s*,\s*entry', header)
-  return bool(match and re.search(r':\s*\(0,', match.group(1)))
-
-
-def _time_threaded(compiled, centers, args, *, warmup, iters, min_iters,
-                   max_seconds):
-  """Median-able step times, feeding each step's centers to the next.
-
-  Returns (times in seconds, final centers, whether the first call deleted the
-  donated input).
-  """
-  first_input = centers
-  value, centers = compiled(centers, *args)
-  jax.block_until_ready((value, centers))
-  donated = first_input.is_deleted()
-  del first_input
-  for _ in range(max(warmup - 1, 0)):
-    value, centers = compiled(centers, *args)
-  jax.block_until_ready(centers)
-  times, start = [], time.perf_counter()
-  for i in range(iters):
-    t0 = time.perf_counter()
-    value, centers = compiled(centers, *args)
-    jax.block_until_ready((value, centers))
-    times.append(time.perf_counter() - t0)
-    if i + 1 >= min_iters and time.perf_counter() - start > max_seconds:
-      break
-  return times, centers, donated
-
-
-def _ms(seconds: float) -> str:
-  return f'{1e3 * seconds:.3f}' if seconds < 0.1 else f'{1e3 * seconds:.1f}'
-
-
-def _mib(num_bytes: float) -> str:
-  return f'{num_bytes / _MIB:.2f}'
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-  lines = ['| ' + ' | '.join(header) + ' |',
-           '|' + '|'.join('---' for _ in header) + '|']
-  lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
-  return '\n'.join(lines)
-
-
 def _data(num_classes: int, dim: int, batch: int, seed: int):
   """Random centers, features and labels (uniform over the classes)."""
   k_c, k_x, k_y = jax.random.split(jax.random.key(seed), 3)
@@ -223,8 +137,8 @@ def _measure(fn, num_classes, dim) -> dict[str, Any]:
                       features, labels)
   memory = compiled.memory_analysis()
   hlo = compiled.as_text()
-  ops = _class_sized_ops(hlo, num_classes)
-  times, centers, donated = _time_threaded(
+  ops = common.class_sized_ops(hlo, num_classes)
+  times, centers, donated = common.time_threaded(
       compiled, centers, (features, labels), warmup=_WARMUP.value,
       iters=_ITERS.value, min_iters=_MIN_ITERS.value,
       max_seconds=_MAX_SECONDS.value)
@@ -235,7 +149,7 @@ def _measure(fn, num_classes, dim) -> dict[str, Any]:
       'temp': memory.temp_size_in_bytes if memory else float('nan'),
       'argument': memory.argument_size_in_bytes if memory else float('nan'),
       'alias': memory.alias_size_in_bytes if memory else float('nan'),
-      'aliased': _aliases_first_argument(hlo),
+      'aliased': common.aliases_first_argument(hlo),
       'copies': ops.count('copy'),
       'ops': ops,
       'donated': donated,
@@ -279,14 +193,14 @@ def center_loss_tables(sizes: Sequence[int], dims: Sequence[int]) -> None:
         ratio = r['median'] / results[smallest, dim]['median']
         centers_bytes = 4 * num_classes * dim
         out.append([
-            f'{num_classes:,}', dim, _ms(r['median']), r['n'],
-            f'{ratio:.2f}', _mib(r['temp']), _mib(centers_bytes),
-            _mib(r['alias']),
+            f'{num_classes:,}', dim, common.ms(r['median']), r['n'],
+            f'{ratio:.2f}', common.mib(r['temp']), common.mib(centers_bytes),
+            common.mib(r['alias']),
             'yes' if r['donated'] else 'NO',
             'yes' if r['aliased'] else 'no',
             r['copies'],
             'yes' if r['aliased'] and not r['copies'] else 'NO',
-            _summarize_ops(r['ops'])])
+            common.summarize_ops(r['ops'])])
     return out
 
   header = ['classes', 'dim', 'median ms', 'n', f'x {smallest:,}-class',
@@ -310,7 +224,7 @@ def center_loss_tables(sizes: Sequence[int], dims: Sequence[int]) -> None:
   print(f'\n## 1. Center-loss step (center_loss + update_centers, alpha '
         f'{_ALPHA.value}, batch {_BATCH.value}, centers donated and threaded)'
         '\n')
-  print(_table(header, rows(ours)))
+  print(common.table(header, rows(ours)))
   print('\n' + legend)
 
   if _BASELINE.value:
@@ -323,14 +237,14 @@ def center_loss_tables(sizes: Sequence[int], dims: Sequence[int]) -> None:
         r, o = base.get((num_classes, dim)), ours[num_classes, dim]
         if r is None:
           base_rows.append([f'{num_classes:,}', dim,
-                            'skipped (memory/time)', '-', _ms(o['median']),
+                            'skipped (memory/time)', '-', common.ms(o['median']),
                             '-', '-'])
           continue
         base_rows.append([
-            f'{num_classes:,}', dim, _ms(r['median']), r['n'],
-            _ms(o['median']), f'{r["median"] / o["median"]:.1f}',
-            _mib(r['temp'])])
-    print(_table(['classes', 'dim', 'baseline median ms', 'n',
+            f'{num_classes:,}', dim, common.ms(r['median']), r['n'],
+            common.ms(o['median']), f'{r["median"] / o["median"]:.1f}',
+            common.mib(r['temp'])])
+    print(common.table(['classes', 'dim', 'baseline median ms', 'n',
                   'ours median ms', 'baseline / ours', 'baseline temp MiB'],
                  base_rows))
     print(f'\nBaseline skipped above --baseline_max_classes='
@@ -409,7 +323,7 @@ def lenet_table() -> None:
     c = jax.jit(fn, donate_argnums=0).lower(state, batch).compile()
     hlo = c.as_text()
     centers_copies = sum(
-        1 for line in _entry_computation(hlo).splitlines()
+        1 for line in common.entry_computation(hlo).splitlines()
         if re.search(r'=\s*f32\[%d,%d\]\S*\s+copy\(' % state.centers.shape,
                      line))
     memory = c.memory_analysis()
@@ -436,14 +350,14 @@ def lenet_table() -> None:
     rows.append([name, f'{1e3 * median:.1f}', f'{min(t) * 1e3:.1f}',
                  f'{max(t) * 1e3:.1f}', len(t),
                  f'{batch_size / median:.1f}',
-                 f'{median / medians[1]:.3f}', _mib(extra['temp']),
+                 f'{median / medians[1]:.3f}', common.mib(extra['temp']),
                  extra['copies']])
   print(f'\n## 3. LeNet++ train step (batch {batch_size}, 28x28x1, stage '
         f'channels {tuple(config.model.stage_channels)}, feature_dim '
         f'{config.model.feature_dim}, {num_classes} classes, '
         f'{config.optimizer} lr {config.learning_rate}; jit, state donated; '
         'variants interleaved)\n')
-  print(_table(['variant', 'median ms/step', 'min ms', 'max ms', 'n',
+  print(common.table(['variant', 'median ms/step', 'min ms', 'max ms', 'n',
                 'images/s', 'x softmax only', 'temp MiB', 'centers copies'],
                rows))
   print(f'\nCenter-loss overhead (with / without): '

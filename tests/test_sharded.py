@@ -27,6 +27,7 @@ import numpy as np
 import optax
 import pytest
 
+from centerloss_jax import hlo_stats
 from centerloss_jax import loss as loss_lib
 from centerloss_jax import sharded
 
@@ -431,60 +432,8 @@ def test_three_training_steps_match_replicated_training(mesh):
 _BIG_CLASSES = (80_000, 160_000)
 _COST_DIM, _COST_IN_DIM = 16, 8
 
-# `%name = <shape> opcode(operands), ...`; the shape may be a tuple.
-_INSTRUCTION = re.compile(
-    r'^\s*(?:ROOT\s+)?%(?P<name>[\w.\-]+)\s*=\s*(?P<shape>.+?)\s+'
-    r'(?P<opcode>[a-z][\w\-]*)\((?P<operands>[^)]*)\)')
-_ARRAY = re.compile(r'\b(pred|bf16|[fsu]\d+)\[([\d,]*)\]')
-_BYTES = {'pred': 1, 'bf16': 2, 'f16': 2, 'f32': 4, 'f64': 8, 's8': 1,
-          's16': 2, 's32': 4, 's64': 8, 'u8': 1, 'u16': 2, 'u32': 4, 'u64': 8}
-_COLLECTIVES = ('all-gather', 'all-reduce', 'collective-permute',
-                'all-to-all', 'reduce-scatter', 'collective-broadcast',
-                'ragged-all-to-all')
-_COMPUTATION = re.compile(r'^\s*(?:ENTRY\s+)?%(?P<name>[\w.\-]+)\s*\(.*\{\s*$')
 _CALLS = re.compile(r'calls=%([\w.\-]+)')
 _IN_PLACE_OPCODES = ('parameter', 'scatter', 'tuple', 'get-tuple-element')
-
-
-def _arrays(shape_text):
-  """[(dtype, dims)] of an HLO shape (an array or a tuple of arrays)."""
-  return [(dtype, tuple(int(d) for d in dims.split(',') if d))
-          for dtype, dims in _ARRAY.findall(shape_text)]
-
-
-def _instructions(hlo_text):
-  """[(computation, name, shape, opcode, operand names, line)] of a module."""
-  out, computation = [], None
-  for line in hlo_text.splitlines():
-    match = _COMPUTATION.match(line)
-    if match:
-      computation = match['name']
-      continue
-    match = _INSTRUCTION.match(line)
-    if match:
-      operands = re.findall(r'%([\w.\-]+)', match['operands'])
-      out.append((computation, match['name'], match['shape'],
-                  match['opcode'], operands, line.strip()))
-  return out
-
-
-def collectives(hlo_text):
-  """[(opcode, result arrays, operand arrays)] of every collective op."""
-  instructions = _instructions(hlo_text)
-  shapes = {name: shape for _, name, shape, *_ in instructions}
-  found = []
-  for _, _, shape, opcode, operands, _ in instructions:
-    base = opcode[:-len('-start')] if opcode.endswith('-start') else opcode
-    if base in _COLLECTIVES:
-      found.append((base, _arrays(shape),
-                    [a for o in operands for a in _arrays(shapes.get(o, ''))]))
-  return found
-
-
-def collective_bytes(found):
-  """Bytes of the results of all collectives (what arrives on each device)."""
-  return sum(_BYTES[dtype] * int(np.prod(dims, dtype=np.int64))
-             for _, results, _ in found for dtype, dims in results)
 
 
 def _class_sized(found, num_classes):
@@ -522,13 +471,13 @@ def _compiled_step_text(num_classes, step_fn=sharded_train_step,
 def test_train_step_communication_does_not_grow_with_num_classes():
   sizes = {}
   for num_classes in _BIG_CLASSES:
-    found = collectives(_compiled_step_text(num_classes))
+    found = hlo_stats.collectives(_compiled_step_text(num_classes))
     assert found, 'No collectives parsed: the HLO parser is broken.'
     class_sized = _class_sized(found, num_classes)
     assert not class_sized, (
         f'At C={num_classes}, collectives move num_classes-sized arrays: '
         f'{class_sized}')
-    sizes[num_classes] = (collective_bytes(found), sorted(
+    sizes[num_classes] = (hlo_stats.collective_bytes(found), sorted(
         (o, r) for o, r, _ in found))
   (bytes_a, ops_a), (bytes_b, ops_b) = sizes.values()
   assert (bytes_a, ops_a) == (bytes_b, ops_b), (
@@ -565,7 +514,7 @@ def _replicated_kernel_gradient_step(params, centers, x, labels, weights):
                                          _replicated_kernel_gradient_step])
 def test_communication_check_flags_num_classes_sized_collectives(costly_step):
   num_classes = _BIG_CLASSES[0]
-  found = collectives(_compiled_step_text(num_classes, costly_step))
+  found = hlo_stats.collectives(_compiled_step_text(num_classes, costly_step))
   assert _class_sized(found, num_classes), (
       f'{costly_step.__name__} moves num_classes-sized arrays, but the '
       f'communication check did not notice. Collectives: {found}')
@@ -577,14 +526,15 @@ def _centers_copies(hlo_text, local_classes, dim):
   In place: parameters, scatters, fusions whose root is a scatter (XLA runs
   those in the donated buffer), tuples and get-tuple-elements.
   """
-  instructions = _instructions(hlo_text)
+  instructions = hlo_stats.instructions(hlo_text)
   roots = {}
   for computation, _, _, opcode, _, line in instructions:
     if line.startswith('ROOT'):
       roots[computation] = opcode
   copies = []
   for _, _, shape, opcode, _, line in instructions:
-    if (local_classes, dim) not in [dims for _, dims in _arrays(shape)]:
+    if (local_classes, dim) not in [
+        dims for _, dims in hlo_stats.arrays(shape)]:
       continue
     called = _CALLS.search(line)
     in_place = opcode in _IN_PLACE_OPCODES or (

@@ -1,0 +1,72 @@
+"""What a compiled XLA program communicates, read from its HLO text.
+
+For checking the cost claims of this codebase on any backend: e.g. that the
+collectives of a class-sharded step do not grow with the number of classes.
+
+  text = jax.jit(step).lower(*args).compile().as_text()
+  print(collective_bytes(collectives(text)))
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+# `%name = <shape> opcode(operands), ...`; the shape may be a tuple.
+_INSTRUCTION = re.compile(
+    r'^\s*(?:ROOT\s+)?%(?P<name>[\w.\-]+)\s*=\s*(?P<shape>.+?)\s+'
+    r'(?P<opcode>[a-z][\w\-]*)\((?P<operands>[^)]*)\)')
+_COMPUTATION = re.compile(r'^\s*(?:ENTRY\s+)?%(?P<name>[\w.\-]+)\s*\(.*\{\s*$')
+_ARRAY = re.compile(r'\b(pred|bf16|[fsu]\d+)\[([\d,]*)\]')
+BYTES_PER_ELEMENT = {
+    'pred': 1, 'bf16': 2, 'f16': 2, 'f32': 4, 'f64': 8, 's8': 1, 's16': 2,
+    's32': 4, 's64': 8, 'u8': 1, 'u16': 2, 'u32': 4, 'u64': 8}
+COLLECTIVE_OPCODES = ('all-gather', 'all-reduce', 'collective-permute',
+                      'all-to-all', 'reduce-scatter', 'collective-broadcast',
+                      'ragged-all-to-all')
+
+
+def arrays(shape_text: str) -> list[tuple[str, tuple[int, ...]]]:
+  """[(dtype, dims)] of an HLO shape (an array or a tuple of arrays)."""
+  return [(dtype, tuple(int(d) for d in dims.split(',') if d))
+          for dtype, dims in _ARRAY.findall(shape_text)]
+
+
+def instructions(hlo_text: str) -> list[tuple[str, str, str, str, list[str],
+                                             str]]:
+  """[(computation, name, shape, opcode, operand names, line)] of a module."""
+  out, computation = [], None
+  for line in hlo_text.splitlines():
+    match = _COMPUTATION.match(line)
+    if match:
+      computation = match['name']
+      continue
+    match = _INSTRUCTION.match(line)
+    if match:
+      operands = re.findall(r'%([\w.\-]+)', match['operands'])
+      out.append((computation, match['name'], match['shape'],
+                  match['opcode'], operands, line.strip()))
+  return out
+
+
+def collectives(hlo_text: str) -> list[tuple[str, list, list]]:
+  """[(opcode, result arrays, operand arrays)] of every collective op.
+
+  Asynchronous pairs (`all-gather-start`/`-done`) count once, by the start.
+  """
+  found_instructions = instructions(hlo_text)
+  shapes = {name: shape for _, name, shape, *_ in found_instructions}
+  found = []
+  for _, _, shape, opcode, operands, _ in found_instructions:
+    base = opcode[:-len('-start')] if opcode.endswith('-start') else opcode
+    if base in COLLECTIVE_OPCODES:
+      found.append((base, arrays(shape),
+                    [a for o in operands for a in arrays(shapes.get(o, ''))]))
+  return found
+
+
+def collective_bytes(found: list[tuple[str, list, list]]) -> int:
+  """Bytes of the results of `collectives` (what arrives on each device)."""
+  return sum(BYTES_PER_ELEMENT[dtype] * int(np.prod(dims, dtype=np.int64))
+             for _, results, _ in found for dtype, dims in results)
