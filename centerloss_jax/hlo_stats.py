@@ -70,3 +70,40 @@ def collective_bytes(found: list[tuple[str, list, list]]) -> int:
   """Bytes of the results of `collectives` (what arrives on each device)."""
   return sum(BYTES_PER_ELEMENT[dtype] * int(np.prod(dims, dtype=np.int64))
              for _, results, _ in found for dtype, dims in results)
+
+
+_CALLS = re.compile(r'calls=%([\w.\-]+)')
+# Ops that produce no new buffer of their shape: parameters, references into
+# tuples, and scatters, which XLA runs in the (donated) operand's buffer.
+_IN_PLACE_OPCODES = ('parameter', 'scatter', 'tuple', 'get-tuple-element')
+
+
+def ops_making(hlo_text: str,
+               predicate) -> list[tuple[str, list, bool]]:
+  """Every instruction with a result array that `predicate` accepts.
+
+  Args:
+    hlo_text: compiled HLO text (`compiled.as_text()`).
+    predicate: called with each array's dims tuple, e.g.
+      `lambda dims: num_classes in dims`.
+
+  Returns:
+    One (line, result arrays, in_place) per matching instruction, the arrays
+    as from `arrays`; `in_place` is True for
+    parameters, tuples, scatters and fusions whose root is a scatter, the ops
+    that write no new array of that size.
+  """
+  found = instructions(hlo_text)
+  roots = {computation: opcode for computation, _, _, opcode, _, line in found
+           if line.startswith('ROOT')}
+  out = []
+  for _, _, shape, opcode, _, line in found:
+    results = arrays(shape)
+    if not any(predicate(dims) for _, dims in results):
+      continue
+    called = _CALLS.search(line)
+    in_place = opcode in _IN_PLACE_OPCODES or (
+        opcode == 'fusion' and called is not None
+        and roots.get(called[1]) == 'scatter')
+    out.append((line, results, in_place))
+  return out

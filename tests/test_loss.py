@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from centerloss_jax import hlo_stats
 from centerloss_jax import loss as loss_lib
 
 NUM_CLASSES = 7
@@ -427,50 +428,21 @@ def test_repeated_updates_converge_to_the_class_means():
 _MANY_CLASSES, _COST_DIM, _COST_BATCH = 100_000, 8, 16
 
 # An HLO instruction: `[ROOT] %name = <shape> opcode(...)`.
-_INSTRUCTION = re.compile(
-    r'^\s*(?:ROOT\s+)?%(?P<name>[\w.\-]+)\s*=\s*(?P<shape>.+?)\s+'
-    r'(?P<opcode>[a-z][\w\-]*)\(')
-_SHAPE = re.compile(r'[a-z]\w*\[([\d,]*)\]')
-_COMPUTATION = re.compile(r'^\s*(?:ENTRY\s+)?%(?P<name>[\w.\-]+)\s*\(.*\{\s*$')
-_CALLS = re.compile(r'calls=%([\w.\-]+)')
-_IN_PLACE_OPCODES = ('parameter', 'scatter', 'tuple', 'get-tuple-element')
-
-
 def _num_classes_sized_ops(hlo_text, num_classes, dim):
   """HLO instructions that make a num_classes-sized array other than in place.
 
-  Allowed: parameters of shape (num_classes, dim) (the centers, also as
-  fusion parameters that a gather reads from), `scatter`, fusions whose
-  root is a scatter (XLA runs those in place on a donated buffer), and
-  `tuple`/`get-tuple-element` (references, not copies). Anything else with a
-  dimension num_classes (a copy, a one-hot, a `[batch, C]` distance matrix, a
-  `[C]` count vector) is returned as a violation.
+  Allowed: the (num_classes, dim) centers as parameters, scatters into them
+  and fusions whose root is such a scatter (XLA runs those in place on a
+  donated buffer), and tuple references. Anything else with a dimension
+  num_classes (a copy, a one-hot, a `[batch, C]` distance matrix, a `[C]`
+  count vector) is returned as a violation.
   """
-  roots, instructions, computation = {}, [], None
-  for line in hlo_text.splitlines():
-    match = _COMPUTATION.match(line)
-    if match:
-      computation = match['name']
-      continue
-    match = _INSTRUCTION.match(line)
-    if not match:
-      continue
-    if line.lstrip().startswith('ROOT'):
-      roots[computation] = match['opcode']
-    instructions.append((line.strip(), match['shape'], match['opcode']))
   violations = []
-  for line, shape, opcode in instructions:
-    dims = [tuple(int(d) for d in s.split(',') if d)
-            for s in _SHAPE.findall(shape)]
-    if not any(num_classes in d for d in dims):
-      continue
-    in_place = opcode in _IN_PLACE_OPCODES or (
-        opcode == 'fusion' and
-        roots.get(_CALLS.search(line)[1] if _CALLS.search(line) else None)
-        == 'scatter')
-    if any(d != (num_classes, dim) for d in dims if num_classes in d):
-      violations.append(line[:160])
-    elif not in_place:
+  for line, results, in_place in hlo_stats.ops_making(
+      hlo_text, lambda dims: num_classes in dims):
+    other_shape = any(num_classes in dims and dims != (num_classes, dim)
+                      for _, dims in results)
+    if other_shape or not in_place:
       violations.append(line[:160])
   return violations
 

@@ -432,8 +432,6 @@ def test_three_training_steps_match_replicated_training(mesh):
 _BIG_CLASSES = (80_000, 160_000)
 _COST_DIM, _COST_IN_DIM = 16, 8
 
-_CALLS = re.compile(r'calls=%([\w.\-]+)')
-_IN_PLACE_OPCODES = ('parameter', 'scatter', 'tuple', 'get-tuple-element')
 
 
 def _class_sized(found, num_classes):
@@ -521,27 +519,9 @@ def test_communication_check_flags_num_classes_sized_collectives(costly_step):
 
 
 def _centers_copies(hlo_text, local_classes, dim):
-  """Non-in-place HLO ops that produce a (local_classes, dim) array.
-
-  In place: parameters, scatters, fusions whose root is a scatter (XLA runs
-  those in the donated buffer), tuples and get-tuple-elements.
-  """
-  instructions = hlo_stats.instructions(hlo_text)
-  roots = {}
-  for computation, _, _, opcode, _, line in instructions:
-    if line.startswith('ROOT'):
-      roots[computation] = opcode
-  copies = []
-  for _, _, shape, opcode, _, line in instructions:
-    if (local_classes, dim) not in [
-        dims for _, dims in hlo_stats.arrays(shape)]:
-      continue
-    called = _CALLS.search(line)
-    in_place = opcode in _IN_PLACE_OPCODES or (
-        opcode == 'fusion' and called and roots.get(called[1]) == 'scatter')
-    if not in_place:
-      copies.append(line[:160])
-  return copies
+  """Non-in-place HLO ops that produce a (local_classes, dim) array."""
+  return [line[:160] for line, _, in_place in hlo_stats.ops_making(
+      hlo_text, lambda dims: dims == (local_classes, dim)) if not in_place]
 
 
 def test_train_step_with_donated_centers_copies_no_centers_shard():
