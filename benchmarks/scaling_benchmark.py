@@ -28,6 +28,7 @@ from typing import Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding
@@ -38,7 +39,7 @@ from centerloss_jax import hlo_stats
 from centerloss_jax import sharded
 
 _NUM_CLASSES = flags.DEFINE_list(
-    'num_classes', ['1000000', '2000000', '5000000', '10000000'],
+    'num_classes', ['1000', '131000', '1000000', '5000000', '10000000'],
     'Class counts to measure.')
 _DIMS = flags.DEFINE_list('dims', ['128', '512'], 'Feature dimensions.')
 _BATCH = flags.DEFINE_integer('batch', 256, 'Global batch.')
@@ -46,7 +47,9 @@ _MODEL_SHARDS = flags.DEFINE_integer('model_shards', 8,
                                      'Devices the classes are split over.')
 _ITERS = flags.DEFINE_integer('iters', 20, 'Timed steps per size.')
 _MAX_CENTERS_GIB = flags.DEFINE_float(
-    'max_centers_gib', 6.0, 'Skip sizes whose float32 centers exceed this.')
+    'max_centers_gib', 20.0,
+    'Skip sizes whose float32 centers exceed this many GiB (fake CPU devices '
+    'share the host memory).')
 
 _GIB = 2.0**30
 
@@ -64,10 +67,12 @@ def _step(centers, features, labels):
 def _measure(mesh, num_classes, dim):
   centers_sharding = NamedSharding(mesh, P('model', None))
   batch_sharding = NamedSharding(mesh, P('batch'))
-  make_centers = jax.jit(
-      lambda key: jax.random.normal(key, (num_classes, dim), jnp.float32),
-      out_shardings=centers_sharding)
-  centers = jax.block_until_ready(make_centers(jax.random.key(0)))
+  # Zeros, made on the devices shard by shard: random centers would need
+  # several centers-sized temporaries on the (shared) host memory of fake CPU
+  # devices, and the step's cost does not depend on the values.
+  centers = jax.block_until_ready(jax.jit(
+      lambda: jnp.zeros((num_classes, dim), jnp.float32),
+      out_shardings=centers_sharding)())
   k_x, k_y = jax.random.split(jax.random.key(1))
   features = jax.device_put(
       jax.random.normal(k_x, (_BATCH.value, dim)), batch_sharding)
@@ -118,26 +123,30 @@ def main(argv: Sequence[str]) -> None:
             'centers MiB / device', 'temp MiB / device',
             'collective bytes / device', 'collectives',
             'largest collective dim', 'centers copies']
-  rows, start = [], time.perf_counter()
+  # Rows print as they are measured, so a size that exhausts host memory
+  # still leaves the smaller ones on screen.
+  print(common.table(header, []), flush=True)
+  start = time.perf_counter()
   for dim in (int(d) for d in _DIMS.value):
     smallest = None
     for num_classes in sorted(int(c) for c in _NUM_CLASSES.value):
       centers_bytes = 4 * num_classes * dim
       if centers_bytes > _MAX_CENTERS_GIB.value * _GIB:
-        rows.append([f'{num_classes:,}', dim, 'skipped (host memory: '
-                     f'{centers_bytes / _GIB:.1f} GiB of centers)'] +
-                    ['-'] * (len(header) - 3))
-        continue
-      r = _measure(mesh, num_classes, dim)
-      smallest = smallest or r['median']
-      rows.append([
-          f'{num_classes:,}', dim, common.ms(r['median']), r['n'],
-          f'{r["median"] / smallest:.2f}',
-          f'{centers_bytes / shards / 2**20:.0f}',
-          f'{r["temp"] / 2**20:.2f}', f'{r["collective_bytes"]:,}',
-          r['collectives'], r['largest_collective_dim'],
-          r['centers_copies']])
-  print(common.table(header, rows))
+        row = [f'{num_classes:,}', dim, 'skipped (host memory: '
+               f'{centers_bytes / _GIB:.1f} GiB of centers)'] + ['-'] * (
+                   len(header) - 3)
+      else:
+        r = _measure(mesh, num_classes, dim)
+        logging.info('%d classes, dim %d: %s', num_classes, dim, r)
+        smallest = smallest or r['median']
+        row = [
+            f'{num_classes:,}', dim, common.ms(r['median']), r['n'],
+            f'{r["median"] / smallest:.2f}',
+            f'{centers_bytes / shards / 2**20:.0f}',
+            f'{r["temp"] / 2**20:.2f}', f'{r["collective_bytes"]:,}',
+            r['collectives'], r['largest_collective_dim'],
+            r['centers_copies']]
+      print('| ' + ' | '.join(str(c) for c in row) + ' |', flush=True)
   print('\n`collective bytes / device`: sum of the result sizes of the '
         'compiled program\'s collectives (all-gather, all-reduce, ...), what '
         'arrives on each device per step. `largest collective dim`: the '
