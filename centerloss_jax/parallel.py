@@ -252,7 +252,7 @@ class DataParallel:
       pmapped = jax.pmap(fn, axis_name=BATCH_AXIS)
       def run(state, batch):
         metrics, outputs = pmapped(state, batch)
-        # This process's examples, in order; `fetch_batch` is then local.
+        # This process's examples, in order; `fetch_global` is then local.
         local = lambda x: np.concatenate(
             [np.asarray(shard.data) for shard in x.addressable_shards])
         return (jax.tree.map(lambda x: x.addressable_data(0)[0], metrics),
@@ -328,23 +328,14 @@ def fetch_global(tree: PyTree) -> PyTree:
   """Numpy copies of whole global arrays, replicated or split, in any process.
 
   Like `fetch_replicated`, but an array split over devices of several
-  processes (class-sharded centers) is all-gathered first; every process must
-  call it.
+  processes (class-sharded centers, per-example outputs) is all-gathered
+  first, in order; every process must call it.
   """
   def fetch(x):
     if (isinstance(x, jax.Array) and not x.is_fully_addressable
         and not x.is_fully_replicated):
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return fetch_replicated(x)
-  return jax.tree.map(fetch, tree)
-
-
-def fetch_batch(tree: PyTree) -> PyTree:
-  """Numpy copies of per-example outputs, all processes' examples in order."""
-  def fetch(x):
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
   return jax.tree.map(fetch, tree)
 
 

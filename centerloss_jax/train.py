@@ -525,7 +525,7 @@ def _evaluate(eval_fn, dp, state, split, config) -> dict[str, Any]:
     sums, outputs = eval_fn(state, dp.put_batch(batch))
     metric_sums = sums if metric_sums is None else jax.tree.map(
         jnp.add, metric_sums, sums)
-    outputs = parallel.fetch_batch(outputs)  # All processes' examples.
+    outputs = parallel.fetch_global(outputs)  # All processes' examples.
     real = outputs['weight'] > 0
     features.append(outputs['feature'][real])
     labels.append(outputs['label'][real])

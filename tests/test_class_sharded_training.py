@@ -78,7 +78,7 @@ def _train(class_shards, batches):
   eval_sums, outputs = dp.compile_eval_step(eval_step)(
       placed, dp.put_batch(batches[0]))
   metrics.append(train.summarize(eval_sums))
-  return state, placed, metrics, parallel.fetch_batch(outputs)
+  return state, placed, metrics, parallel.fetch_global(outputs)
 
 
 @pytest.fixture(scope='module')
