@@ -37,6 +37,18 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
+def check_labels(labels, rows, rows_name: str) -> None:
+  """Raises unless `labels` are integers, one per row of `rows` (2-D)."""
+  batch = jnp.shape(rows)[0]
+  if jnp.shape(labels) != (batch,):
+    raise ValueError(
+        f'labels must have shape (batch,) = ({batch},) to match {rows_name} '
+        f'of shape {jnp.shape(rows)}, got shape {jnp.shape(labels)}.')
+  if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+    raise TypeError(
+        f'labels must be integers, got dtype {jnp.result_type(labels)}.')
+
+
 def _check_inputs(features, labels, centers, weights) -> None:
   """Raises ValueError/TypeError (at trace time) for ill-shaped inputs."""
   if jnp.ndim(features) != 2:
@@ -44,13 +56,7 @@ def _check_inputs(features, labels, centers, weights) -> None:
         'features must have shape (batch, feature_dim), got shape '
         f'{jnp.shape(features)}.')
   batch, dim = jnp.shape(features)
-  if jnp.shape(labels) != (batch,):
-    raise ValueError(
-        f'labels must have shape (batch,) = ({batch},) to match features of '
-        f'shape {jnp.shape(features)}, got shape {jnp.shape(labels)}.')
-  if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
-    raise TypeError(
-        f'labels must be integers, got dtype {jnp.result_type(labels)}.')
+  check_labels(labels, features, 'features')
   if not jnp.issubdtype(jnp.result_type(features), jnp.floating):
     raise TypeError(
         f'features must be floating point, got dtype '

@@ -134,14 +134,7 @@ def _check_logits(logits_shard, labels) -> None:
     raise TypeError(
         'logits_shard must be floating point, got dtype '
         f'{jnp.result_type(logits_shard)}.')
-  batch = jnp.shape(logits_shard)[0]
-  if jnp.shape(labels) != (batch,):
-    raise ValueError(
-        f'labels must have shape (batch,) = ({batch},) to match logits_shard '
-        f'of shape {jnp.shape(logits_shard)}, got shape {jnp.shape(labels)}.')
-  if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
-    raise TypeError(
-        f'labels must be integers, got dtype {jnp.result_type(labels)}.')
+  loss_lib.check_labels(labels, logits_shard, 'logits_shard')
 
 
 # ---------------------------------------------------------------------------
