@@ -302,12 +302,14 @@ def train_step(state: TrainState, batch: Batch, *, center_loss_weight: float,
         state, params, batch['image'], train=True, rng=rng)
     ce = optax.softmax_cross_entropy_with_integer_labels(
         logits, jnp.clip(labels, 0, num_classes - 1))
-    ce = jnp.sum(weights * ce) / total_weight
-    center = jnp.sum(loss_lib.center_distances(
-        features, labels, state.centers, weights)) / total_weight
-    return ce + center_loss_weight * center, (features, logits, batch_stats)
+    distances = loss_lib.center_distances(features, labels, state.centers,
+                                          weights)
+    loss = (jnp.sum(weights * ce) / total_weight
+            + center_loss_weight * jnp.sum(distances) / total_weight)
+    # The per-example terms come back for the metrics, not computed twice.
+    return loss, (features, logits, batch_stats, ce, distances)
 
-  grads, (features, logits, batch_stats) = jax.grad(
+  grads, (features, logits, batch_stats, ce, distances) = jax.grad(
       loss_fn, has_aux=True)(state.params)
   grads = psum(grads, axis_name)
   # Centers by Eq. 4 from the same batch and the same (pre-update) centers
@@ -315,8 +317,10 @@ def train_step(state: TrainState, batch: Batch, *, center_loss_weight: float,
   centers = loss_lib.update_centers(
       state.centers, features, labels, alpha=center_alpha, weights=weights,
       axis_name=axis_name)
-  metrics = _metric_sums(features, logits, labels, batch['weight'],
-                         state.centers, axis_name=axis_name)
+  metrics = _sum_metrics(
+      features, labels, batch['weight'], num_classes=num_classes,
+      cross_entropy=ce, correct=jnp.argmax(logits, -1) == labels,
+      center_distances=distances, axis_name=axis_name)
   if axis_name is not None and state.batch_stats:
     batch_stats = jax.lax.pmean(batch_stats, axis_name)
   state = state.apply_gradients(grads=grads, centers=centers,
@@ -359,31 +363,25 @@ def _class_sharded_logits(features, kernel, *, dtype, axis_name, model_axis):
       batch_axis=axis_name)
 
 
-def _class_sharded_metric_sums(features, logits, labels, weights,
-                               centers_shard, *, axis_name,
+def _class_sharded_metric_sums(features, logits, labels, weights, *,
+                               global_labels, global_cross_entropy,
+                               center_distances, num_classes, axis_name,
                                model_axis) -> Metrics:
-  """`_metric_sums` for class-sharded logits (global batch) and centers.
+  """`_sum_metrics` for class-sharded logits of the global batch.
 
   The cross-entropy and accuracy come for the whole global batch on every
   device; each replica keeps its own rows, so `_sum_metrics` sums every
   example once, exactly as in the replicated step.
   """
-  num_classes = centers_shard.shape[0] * jax.lax.axis_size(model_axis)
-  valid_weights = weights * loss_lib.valid_label_mask(labels, num_classes)
-  global_labels = jax.lax.all_gather(labels, axis_name, axis=0, tiled=True)
   rows = labels.shape[0]
   own_rows = lambda x: jax.lax.dynamic_slice_in_dim(
       x, jax.lax.axis_index(axis_name) * rows, rows)
   return _sum_metrics(
       features, labels, weights, num_classes=num_classes,
-      cross_entropy=own_rows(sharded.sharded_softmax_cross_entropy(
-          logits, global_labels, model_axis=model_axis)),
+      cross_entropy=own_rows(global_cross_entropy),
       correct=own_rows(sharded.sharded_argmax_accuracy(
           logits, global_labels, model_axis=model_axis)),
-      center_distances=sharded.sharded_center_distances(
-          features, labels, centers_shard, valid_weights,
-          model_axis=model_axis),
-      axis_name=axis_name)
+      center_distances=center_distances, axis_name=axis_name)
 
 
 def class_sharded_train_step(
@@ -437,14 +435,16 @@ def class_sharded_train_step(
     # Every batch replica holds the global batch's CE; `sharded_logits`
     # hands each only its own rows' feature gradient, so the backbone's psum
     # below counts every example once.
-    ce = jnp.sum(global_weights * sharded.sharded_softmax_cross_entropy(
-        logits, global_labels, model_axis=model_axis)) / total_weight
-    center = jnp.sum(sharded.sharded_center_distances(
-        features, labels, state.centers, weights,
-        model_axis=model_axis)) / total_weight
-    return ce + center_loss_weight * center, (features, logits, batch_stats)
+    global_ce = sharded.sharded_softmax_cross_entropy(
+        logits, global_labels, model_axis=model_axis)
+    distances = sharded.sharded_center_distances(
+        features, labels, state.centers, weights, model_axis=model_axis)
+    loss = (jnp.sum(global_weights * global_ce) / total_weight
+            + center_loss_weight * jnp.sum(distances) / total_weight)
+    # The per-example terms come back for the metrics, not computed twice.
+    return loss, (features, logits, batch_stats, global_ce, distances)
 
-  grads, (features, logits, batch_stats) = jax.grad(
+  grads, (features, logits, batch_stats, global_ce, distances) = jax.grad(
       loss_fn, has_aux=True)(state.params)
   backbone_grads, kernel_grad = _split_classifier(grads)
   grads = {**psum(backbone_grads, axis_name),
@@ -453,8 +453,9 @@ def class_sharded_train_step(
       state.centers, features, labels, alpha=center_alpha, weights=weights,
       model_axis=model_axis, batch_axis=axis_name)
   metrics = _class_sharded_metric_sums(
-      features, logits, labels, batch['weight'], state.centers,
-      axis_name=axis_name, model_axis=model_axis)
+      features, logits, labels, batch['weight'], global_labels=global_labels,
+      global_cross_entropy=global_ce, center_distances=distances,
+      num_classes=num_classes, axis_name=axis_name, model_axis=model_axis)
   if state.batch_stats:
     batch_stats = jax.lax.pmean(batch_stats, axis_name)
   state = state.apply_gradients(grads=grads, centers=centers,
@@ -477,10 +478,20 @@ def class_sharded_eval_step(
   features, _, _ = _apply_model(state, backbone, batch['image'], train=False)
   logits = _class_sharded_logits(features, kernel, dtype=dtype,
                                  axis_name=axis_name, model_axis=model_axis)
+  labels = batch['label']
+  num_classes = state.centers.shape[0] * jax.lax.axis_size(model_axis)
+  valid_weights = batch['weight'] * loss_lib.valid_label_mask(labels,
+                                                               num_classes)
+  global_labels = jax.lax.all_gather(labels, axis_name, axis=0, tiled=True)
   metrics = _class_sharded_metric_sums(
-      features, logits, batch['label'], batch['weight'], state.centers,
-      axis_name=axis_name, model_axis=model_axis)
-  return metrics, {'feature': features, 'label': batch['label'],
+      features, logits, labels, batch['weight'], global_labels=global_labels,
+      global_cross_entropy=sharded.sharded_softmax_cross_entropy(
+          logits, global_labels, model_axis=model_axis),
+      center_distances=sharded.sharded_center_distances(
+          features, labels, state.centers, valid_weights,
+          model_axis=model_axis),
+      num_classes=num_classes, axis_name=axis_name, model_axis=model_axis)
+  return metrics, {'feature': features, 'label': labels,
                    'weight': batch['weight']}
 
 
