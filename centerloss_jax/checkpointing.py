@@ -31,7 +31,13 @@ def create_manager(workdir: str, *, max_to_keep: int) -> ocp.CheckpointManager:
 
 
 def _to_savable(state: PyTree) -> PyTree:
-  """Typed PRNG keys are stored as their raw uint32 data."""
+  """Typed PRNG keys are stored as their raw uint32 data.
+
+  Works on a concrete state and on its `jax.eval_shape` (whose key is a
+  ShapeDtypeStruct), the cheap restore target.
+  """
+  if isinstance(state.rng, jax.ShapeDtypeStruct):
+    return state.replace(rng=jax.eval_shape(jax.random.key_data, state.rng))
   return state.replace(rng=jax.random.key_data(state.rng))
 
 

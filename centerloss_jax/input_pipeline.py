@@ -7,13 +7,20 @@ from it by index. That makes the data order a pure function of
 `(seed, epoch, step)`: a run resumed from a checkpoint at step `s` of an epoch
 sees exactly the batches (and augmentations) an uninterrupted run would have.
 
-Two sources:
+Sources:
 
 * `'idx'`: the MNIST-format IDX files, plain or gzipped, e.g. those the
   Debian package `dataset-fashion-mnist` installs in
   `DEFAULT_FASHION_MNIST_DIR`. Needs nothing beyond numpy.
 * `'tfds'`: a TFDS dataset, prepared beforehand in ArrayRecord format, read
   with `tfds.data_source` (no TensorFlow needed).
+* `'identity_folders'`: a face training set, one folder per identity, read
+  lazily image by image (`face_data`), with an LFW-style pairs set.
+* `'synthetic_faces'`: an offline synthetic identity set (`synthetic_faces`)
+  for tests and the open-set demo.
+
+Face datasets also carry open-set evaluation sets (`PairsSet`,
+`IdentificationSet`) of identities that are not in the training split.
 
 Batches are dicts `{'image', 'label', 'weight'}`. The last, partial global
 batch of an epoch is padded to full size with weight-0 examples, so shapes stay
@@ -44,7 +51,7 @@ _CLASS_NAMES = {
     'fashion_mnist': FASHION_MNIST_CLASS_NAMES,
 }
 
-SOURCES = ('idx', 'tfds')
+SOURCES = ('idx', 'tfds', 'synthetic_faces', 'identity_folders')
 
 # File names of the IDX files, by split (the t10k files are the test split).
 _IDX_FILE_NAMES = {
@@ -262,14 +269,17 @@ def validate_labels(labels: np.ndarray, num_classes: int, split: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split held in host memory.
+  """One split: images indexable by example, labels in host memory.
 
   Attributes:
-    images: uint8 (N, H, W, C).
+    images: uint8 (N, H, W, C): an ndarray, or for datasets too large for
+      host memory a lazy array-like (`face_data.ImageFiles`) with `shape`,
+      `dtype`, `ndim`, `len()`, slicing and indexing by an int array, which
+      reads and decodes only the images a batch asks for.
     labels: int32 (N,).
     name: split name, e.g. 'train'.
   """
-  images: np.ndarray
+  images: Any
   labels: np.ndarray
   name: str
 
@@ -292,21 +302,86 @@ class Split:
 
 
 @dataclasses.dataclass(frozen=True)
+class PairsSet:
+  """Verification pairs (the LFW protocol): images plus pairs of indices.
+
+  Attributes:
+    images: uint8 (N, H, W, C), an ndarray or a lazy array-like with
+      `shape`, `dtype`, `ndim`, `len()` and indexing by an int array (see
+      `face_data.ImageFiles`). Each image is read once, however many pairs
+      it is in.
+    left: int (P,) index of each pair's first image in `images`.
+    right: int (P,) index of each pair's second image.
+    is_same: bool (P,) whether the two images show the same identity.
+    fold: int (P,) fold of each pair, in [0, num_folds) (10 for LFW).
+    name: the set's name for metrics and plots, e.g. 'lfw'.
+  """
+  images: Any
+  left: np.ndarray
+  right: np.ndarray
+  is_same: np.ndarray
+  fold: np.ndarray
+  name: str
+
+  def __post_init__(self):
+    n = len(self.images)
+    num_pairs = self.left.shape[0]
+    for field in ('left', 'right', 'is_same', 'fold'):
+      value = getattr(self, field)
+      if value.shape != (num_pairs,):
+        raise ValueError(f'PairsSet {self.name!r}: {field} must have shape '
+                         f'({num_pairs},), got {value.shape}.')
+    for field in ('left', 'right'):
+      value = getattr(self, field)
+      if num_pairs and (value.min() < 0 or value.max() >= n):
+        raise ValueError(f'PairsSet {self.name!r}: {field} indices must be in '
+                         f'[0, {n}), got [{value.min()}, {value.max()}].')
+
+  @property
+  def num_folds(self) -> int:
+    return int(self.fold.max()) + 1 if self.fold.size else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class IdentificationSet:
+  """The MegaFace-style identification protocol's images.
+
+  Every image of `probes` is a probe; each other image of its identity is,
+  in turn, its one mate in a gallery with all of `distractors`. Rank-k
+  counts the probe/mate pairs whose mate scores among the top k.
+
+  Attributes:
+    probes: a Split of identities unseen in training, >= 2 images each.
+    distractors: uint8 (M, H, W, C) images of other identities (ndarray or
+      lazy, as `PairsSet.images`).
+    name: the set's name for metrics, e.g. 'megaface'.
+  """
+  probes: Split
+  distractors: Any
+  name: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Dataset:
   """A train and a test split plus what the model needs to know about them.
 
   Attributes:
     train: the training split.
-    test: the test split.
+    test: the test split (closed set: the training classes).
     num_classes: number of classes.
     class_names: one name per class.
     image_shape: (H, W, C) of one image.
+    verification: open-set verification pairs of identities not in `train`
+      (face datasets), or None.
+    identification: open-set identification images, or None.
   """
   train: Split
   test: Split
   num_classes: int
   class_names: Tuple[str, ...]
   image_shape: Tuple[int, int, int]
+  verification: Optional[PairsSet] = None
+  identification: Optional[IdentificationSet] = None
 
 
 def _take_subset(images, labels, subset: Optional[int], split: str):
@@ -324,7 +399,10 @@ def load_dataset(input_config: Any) -> Dataset:
   """Loads the train and test splits described by the `input` config.
 
   Args:
-    input_config: ConfigDict with `source` ('idx' or 'tfds'), `name` (TFDS
+    input_config: ConfigDict with `source` ('idx', 'tfds', or the face
+      sources 'synthetic_faces' (`synthetic_faces.load_synthetic_faces`) and
+      'identity_folders' (`face_data.load_identity_folders`), which document
+      their own fields), `name` (TFDS
       name, e.g. 'mnist' or 'fashion_mnist'; for 'idx' it only picks the class
       names), `data_dir` (None: `DEFAULT_FASHION_MNIST_DIR` for 'idx', TFDS's
       default for 'tfds'), `num_classes`, and optionally `train_subset` /
@@ -338,6 +416,14 @@ def load_dataset(input_config: Any) -> Dataset:
       `num_classes` that does not match a known dataset's class names.
   """
   source = input_config.source
+  # Face datasets (identities, with open-set evaluation sets) have loaders
+  # of their own; imported here because they build on this module.
+  if source == 'synthetic_faces':
+    from centerloss_jax import synthetic_faces  # pylint: disable=g-import-not-at-top
+    return synthetic_faces.load_synthetic_faces(input_config)
+  if source == 'identity_folders':
+    from centerloss_jax import face_data  # pylint: disable=g-import-not-at-top
+    return face_data.load_identity_folders(input_config)
   name = input_config.name
   data_dir = input_config.get('data_dir', None)
   num_classes = int(input_config.num_classes)

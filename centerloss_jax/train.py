@@ -19,6 +19,7 @@ whose (C, D) arrays outgrow one device); `class_sharded_train_step` and
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -40,9 +41,13 @@ from centerloss_jax import evaluation
 from centerloss_jax import input_pipeline
 from centerloss_jax import loss as loss_lib
 from centerloss_jax import models
+from centerloss_jax.losses import contrastive
+from centerloss_jax.losses import margin as margin_lib
+from centerloss_jax.losses import triplet
 from centerloss_jax import parallel
 from centerloss_jax import plotting
 from centerloss_jax import sharded
+from centerloss_jax import verification
 from centerloss_jax import writers
 from centerloss_jax.parallel import psum
 
@@ -65,16 +70,139 @@ class TrainState(train_state.TrainState):
   rng: jax.Array
 
 
+@dataclasses.dataclass(frozen=True)
+class ClassifierLoss:
+  """How the model's class scores become the classification loss.
+
+  Attributes:
+    kind: 'softmax': the model's linear logits, as they are (the paper's
+      L_S); 'sphereface', 'cosface' or 'arcface': the model's cosine
+      classifier's outputs, given a margin at the label by
+      `losses.margin.margin_logits`.
+    hparams: that function's keyword arguments as sorted (name, value)
+      pairs (a tuple, so the step stays hashable), e.g.
+      (('margin', 0.5), ('scale', 64.0)).
+  """
+  kind: str = 'softmax'
+  hparams: tuple[tuple[str, float], ...] = ()
+
+  @classmethod
+  def from_config(cls, loss_config: ml_collections.ConfigDict
+                  ) -> 'ClassifierLoss':
+    """From `config.loss` (`classifier`, `margin`, `scale`, ...)."""
+    kind = loss_config.classifier
+    if kind not in CLASSIFIER_LOSSES:
+      raise ValueError(f'Unknown loss.classifier {kind!r}; expected one of '
+                       f'{CLASSIFIER_LOSSES}.')
+    hparams = {}
+    if kind != 'softmax':
+      if loss_config.margin is not None:
+        hparams['margin'] = loss_config.margin
+      if kind == 'sphereface':
+        hparams['blend'] = loss_config.sphereface_blend
+        if loss_config.scale is not None:
+          raise ValueError('loss.scale does not apply to SphereFace (its '
+                           f'logits scale with the feature norm), got '
+                           f'{loss_config.scale}; leave it None.')
+      elif loss_config.scale is not None:
+        hparams['scale'] = loss_config.scale
+    return cls(kind, tuple(sorted(hparams.items())))
+
+  @property
+  def model_classifier(self) -> str:
+    """The model head it needs: 'linear' (softmax) or 'cosine' (margins)."""
+    return 'linear' if self.kind == 'softmax' else 'cosine'
+
+  def training_logits(self, outputs: jax.Array, features: jax.Array,
+                      labels: jax.Array) -> jax.Array:
+    """Logits whose softmax cross-entropy is this loss."""
+    if self.kind == 'softmax':
+      return outputs
+    return margin_lib.margin_logits(self.kind, outputs, labels, features,
+                                    **dict(self.hparams))
+
+
+CLASSIFIER_LOSSES = ('softmax', 'sphereface', 'cosface', 'arcface')
+PAIR_LOSSES = ('none', 'contrastive', 'triplet')
+
+
+@dataclasses.dataclass(frozen=True)
+class PairLoss:
+  """A metric-learning term on the global batch, added to Eq. 5.
+
+  Each replica's examples are the anchors; the all-gathered global batch
+  holds the candidates, so pairs span replicas exactly as on one device.
+  The replica's sum is divided by the global number of pairs (or anchors)
+  and the gradients are `psum`-ed, which gives the gradient of the global
+  mean (the candidates' share reaches their replicas through the transpose
+  of the all-gather).
+
+  Attributes:
+    kind: 'contrastive' (all pairs, Hadsell et al. 2006, the paper's
+      comparison) or 'triplet' (batch-hard, Hermans et al. 2017).
+    weight: its weight in the objective.
+    margin: the loss's margin (feature-distance units).
+    normalize: L2-normalise the features first.
+  """
+  kind: str
+  weight: float
+  margin: float
+  normalize: bool = False
+
+  @classmethod
+  def from_config(cls, loss_config: ml_collections.ConfigDict
+                  ) -> Optional['PairLoss']:
+    """From `config.loss.pair*`; None for `pair='none'`."""
+    kind = loss_config.pair
+    if kind not in PAIR_LOSSES:
+      raise ValueError(f'Unknown loss.pair {kind!r}; expected one of '
+                       f'{PAIR_LOSSES}.')
+    if kind == 'none':
+      return None
+    if loss_config.pair_weight <= 0 or loss_config.pair_margin <= 0:
+      raise ValueError(
+          f'loss.pair_weight and loss.pair_margin must be positive for '
+          f'pair={kind!r}, got {loss_config.pair_weight} and '
+          f'{loss_config.pair_margin}.')
+    return cls(kind, float(loss_config.pair_weight),
+               float(loss_config.pair_margin), bool(loss_config.pair_normalize))
+
+  def sums(self, features: jax.Array, labels: jax.Array, weights: jax.Array,
+           axis_name: Optional[str]) -> tuple[jax.Array, jax.Array]:
+    """(this replica's loss sum, the global pair or anchor count)."""
+    if axis_name is None:
+      candidates, offset = (features, labels, weights), None
+    else:
+      candidates = jax.lax.all_gather((features, labels, weights), axis_name,
+                                      axis=0, tiled=True)
+      offset = jax.lax.axis_index(axis_name) * features.shape[0]
+    if self.kind == 'contrastive':
+      out = contrastive.contrastive_loss_sums(
+          features, labels, weights, *candidates, margin=self.margin,
+          anchor_offset=offset, normalize=self.normalize)
+      count = out['num_pairs']
+    else:
+      out = triplet.batch_hard_triplet_loss_sums(
+          features, labels, weights, *candidates, margin=self.margin,
+          anchor_offset=offset, normalize=self.normalize)
+      count = out['num_anchors']
+    return out['loss'], psum(count, axis_name)
+
+
 def create_model(config: ml_collections.ConfigDict, num_classes: int, *,
                  use_classifier: bool = True):
   """The model named by `config.model`, returning `(features, logits)`.
 
-  With `use_classifier=False` it returns `(features, None)`: the classifier
-  is then applied by the class-sharded step from `params['classifier']`.
+  Its head is linear for softmax and cosine for the margin losses
+  (`config.loss.classifier`). With `use_classifier=False` it returns
+  `(features, None)`: the classifier is then applied by the class-sharded
+  step from `params['classifier']`.
   """
   kwargs = dict(config.model)
   name = kwargs.pop('name')
   kwargs['dtype'] = jnp.dtype(kwargs.get('dtype', 'float32'))
+  kwargs['classifier'] = ClassifierLoss.from_config(
+      config.loss).model_classifier
   if not use_classifier:
     kwargs['use_classifier'] = False
   return models.create_model(name, num_classes=num_classes, **kwargs)
@@ -102,6 +230,12 @@ def check_class_shards(config: ml_collections.ConfigDict,
     raise ValueError(
         f'class_shards={class_shards} does not divide num_classes='
         f'{num_classes}: every shard must hold as many classes.')
+  if class_shards > 1 and (config.loss.classifier != 'softmax'
+                           or config.loss.pair != 'none'):
+    raise ValueError(
+        f'class_shards={class_shards} supports loss.classifier=softmax and '
+        f'loss.pair=none only, got {config.loss.classifier!r} and '
+        f'{config.loss.pair!r}.')
   return class_shards
 
 
@@ -185,7 +319,7 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, *,
     # (Built whole on the host: 256 MB at 131K x 512, fine; an init already
     # split over devices would be the next step for millions of classes.)
     params = dict(params)
-    kernel = params.pop(models.lenet_pp.CLASSIFIER_SCOPE)['kernel']
+    kernel = params.pop(models.classifier_scope(config.model.name))['kernel']
     params['classifier'] = {'kernel': kernel}
     apply_fn = create_model(config, num_classes, use_classifier=False).apply
   return TrainState.create(
@@ -252,12 +386,13 @@ def _sum_metrics(features, labels, weights, *, num_classes, cross_entropy,
 
 
 def _metric_sums(features, logits, labels, weights, centers, *,
-                 axis_name) -> Metrics:
+                 classifier_loss, axis_name) -> Metrics:
   """Metric sums (see `_sum_metrics`) from replicated logits and centers."""
   num_classes = centers.shape[0]
   valid_weights = weights * loss_lib.valid_label_mask(labels, num_classes)
   ce = optax.softmax_cross_entropy_with_integer_labels(
-      logits, jnp.clip(labels, 0, num_classes - 1))
+      classifier_loss.training_logits(logits, features, labels),
+      jnp.clip(labels, 0, num_classes - 1))
   return _sum_metrics(
       features, labels, weights, num_classes=num_classes, cross_entropy=ce,
       correct=jnp.argmax(logits, -1) == labels,
@@ -267,9 +402,17 @@ def _metric_sums(features, logits, labels, weights, centers, *,
 
 
 def train_step(state: TrainState, batch: Batch, *, center_loss_weight: float,
-               center_alpha: float, axis_name: Optional[str] = None
+               center_alpha: float,
+               classifier_loss: ClassifierLoss = ClassifierLoss(),
+               pair_loss: Optional[PairLoss] = None,
+               axis_name: Optional[str] = None
                ) -> tuple[TrainState, Metrics]:
   """One step of SGD on `CE + lambda * center_loss` and Eq. 4 on the centers.
+
+  The CE is that of `classifier_loss` (softmax, or a margin softmax), and
+  `pair_loss` optionally adds a contrastive or triplet term on the global
+  batch: the losses the paper is compared with, alone (lambda 0) or with
+  the center loss.
 
   Written per replica: with `axis_name`, `batch` is this replica's share of
   the global batch, losses are normalised by the global sum of weights (so
@@ -284,6 +427,8 @@ def train_step(state: TrainState, batch: Batch, *, center_loss_weight: float,
     batch: {'image': (b, H, W, C), 'label': (b,) int, 'weight': (b,)}.
     center_loss_weight: lambda of Eq. 5.
     center_alpha: alpha of Eq. 4.
+    classifier_loss: the classification term (default: softmax).
+    pair_loss: an optional contrastive or triplet term.
     axis_name: the replica axis under pmap/shard_map, None under plain jit.
 
   Returns:
@@ -301,16 +446,23 @@ def train_step(state: TrainState, batch: Batch, *, center_loss_weight: float,
     features, logits, batch_stats = _apply_model(
         state, params, batch['image'], train=True, rng=rng)
     ce = optax.softmax_cross_entropy_with_integer_labels(
-        logits, jnp.clip(labels, 0, num_classes - 1))
+        classifier_loss.training_logits(logits, features, labels),
+        jnp.clip(labels, 0, num_classes - 1))
     distances = loss_lib.center_distances(features, labels, state.centers,
                                           weights)
     loss = (jnp.sum(weights * ce) / total_weight
             + center_loss_weight * jnp.sum(distances) / total_weight)
+    pair_terms = {}
+    if pair_loss is not None:
+      pair_sum, pair_count = pair_loss.sums(features, labels, weights,
+                                            axis_name)
+      loss += pair_loss.weight * pair_sum / jnp.maximum(pair_count, 1)
+      pair_terms = {'pair_loss': pair_sum, 'pair_count': pair_count}
     # The per-example terms come back for the metrics, not computed twice.
-    return loss, (features, logits, batch_stats, ce, distances)
+    return loss, (features, logits, batch_stats, ce, distances, pair_terms)
 
-  grads, (features, logits, batch_stats, ce, distances) = jax.grad(
-      loss_fn, has_aux=True)(state.params)
+  grads, (features, logits, batch_stats, ce, distances, pair_terms) = (
+      jax.grad(loss_fn, has_aux=True)(state.params))
   grads = psum(grads, axis_name)
   # Centers by Eq. 4 from the same batch and the same (pre-update) centers
   # the loss used: the paper's Algorithm 1.
@@ -321,6 +473,10 @@ def train_step(state: TrainState, batch: Batch, *, center_loss_weight: float,
       features, labels, batch['weight'], num_classes=num_classes,
       cross_entropy=ce, correct=jnp.argmax(logits, -1) == labels,
       center_distances=distances, axis_name=axis_name)
+  if pair_terms:
+    # The count is already global; the loss sums are per replica.
+    metrics['pair_loss'] = psum(pair_terms['pair_loss'], axis_name)
+    metrics['pair_count'] = pair_terms['pair_count']
   if axis_name is not None and state.batch_stats:
     batch_stats = jax.lax.pmean(batch_stats, axis_name)
   state = state.apply_gradients(grads=grads, centers=centers,
@@ -329,9 +485,13 @@ def train_step(state: TrainState, batch: Batch, *, center_loss_weight: float,
 
 
 def eval_step(state: TrainState, batch: Batch, *,
+              classifier_loss: ClassifierLoss = ClassifierLoss(),
               axis_name: Optional[str] = None
               ) -> tuple[Metrics, dict[str, jax.Array]]:
   """Evaluates one batch: metric sums and the per-example features.
+
+  The cross-entropy is `classifier_loss`'s (with its margin); the accuracy
+  is the argmax of the model's scores (no margin at test time).
 
   Returns:
     (metric sums over the global batch, per-example outputs of this
@@ -341,7 +501,8 @@ def eval_step(state: TrainState, batch: Batch, *,
   features, logits, _ = _apply_model(state, state.params, batch['image'],
                                      train=False)
   metrics = _metric_sums(features, logits, batch['label'], batch['weight'],
-                         state.centers, axis_name=axis_name)
+                         state.centers, classifier_loss=classifier_loss,
+                         axis_name=axis_name)
   return metrics, {'feature': features, 'logits': logits,
                    'label': batch['label'], 'weight': batch['weight']}
 
@@ -495,6 +656,73 @@ def class_sharded_eval_step(
                    'weight': batch['weight']}
 
 
+def feature_step(state: TrainState, batch: Batch, *, mirror: bool,
+                 class_sharded: bool = False,
+                 axis_name: Optional[str] = None
+                 ) -> tuple[Metrics, dict[str, jax.Array]]:
+  """Test features of one batch, for open-set (face) evaluation.
+
+  With `mirror`, the paper's test feature: the features of each image and of
+  its horizontal mirror, concatenated (2D values). One forward pass of the
+  2b images rather than two passes.
+
+  Returns:
+    ({} (no metrics), {'feature': (b, D or 2D), 'weight': (b,)}), in the
+    `(metrics, outputs)` form of `DataParallel.compile_eval_step`.
+  """
+  del axis_name  # Per-example: nothing to reduce.
+  params = state.params
+  if class_sharded:  # The model runs without its (split) classifier.
+    params, _ = _split_classifier(params)
+  images = batch['image']
+  if mirror:
+    images = jnp.concatenate([images, jnp.flip(images, axis=2)])
+  features, _, _ = _apply_model(state, params, images, train=False)
+  if mirror:
+    features = jnp.concatenate(jnp.split(features, 2), axis=-1)
+  return {}, {'feature': features, 'weight': batch['weight']}
+
+
+def evaluate_open_set(dp: parallel.DataParallel, state: TrainState,
+                      dataset: input_pipeline.Dataset,
+                      config: ml_collections.ConfigDict
+                      ) -> tuple[dict[str, float], dict[str, Any]]:
+  """Verification and identification on the dataset's unseen identities.
+
+  Args:
+    dp: the DataParallel `state` is laid out for.
+    state: the (placed) train state.
+    dataset: with `verification` and/or `identification` sets.
+    config: the experiment config (`evaluation`, `batch_size`, ...).
+
+  Returns:
+    (flat metrics named '<set>/<metric>', e.g. 'lfw/accuracy', and the ROC
+    curves {set name: (far, tar)} for `verification.plot_roc`), both empty
+    when the dataset has neither set.
+  """
+  if dataset.verification is None and dataset.identification is None:
+    return {}, {}
+  feature_fn = dp.compile_eval_step(functools.partial(
+      feature_step, mirror=config.evaluation.mirror,
+      class_sharded=config.get('class_shards', 1) > 1))
+
+  def extract(images) -> np.ndarray:
+    split = input_pipeline.Split(
+        images=images, labels=np.zeros(len(images), np.int32),
+        name='features')
+    features = []
+    for batch in input_pipeline.epoch_batches(
+        split, global_batch_size=config.batch_size, epoch=0, seed=0,
+        shuffle=False, process_index=jax.process_index(),
+        process_count=jax.process_count()):
+      _, outputs = feature_fn(state, dp.put_batch(batch))
+      outputs = parallel.fetch_global(outputs)
+      features.append(outputs['feature'][outputs['weight'] > 0])
+    return np.concatenate(features)
+
+  return evaluation.open_set_metrics(extract, dataset, config.evaluation)
+
+
 def step_functions(config: ml_collections.ConfigDict):
   """(train step, eval step) for `DataParallel.compile_*_step`.
 
@@ -504,7 +732,11 @@ def step_functions(config: ml_collections.ConfigDict):
   center_kwargs = dict(center_loss_weight=config.center_loss.weight,
                        center_alpha=config.center_loss.alpha)
   if config.get('class_shards', 1) == 1:
-    return functools.partial(train_step, **center_kwargs), eval_step
+    classifier_loss = ClassifierLoss.from_config(config.loss)
+    return (functools.partial(train_step, classifier_loss=classifier_loss,
+                              pair_loss=PairLoss.from_config(config.loss),
+                              **center_kwargs),
+            functools.partial(eval_step, classifier_loss=classifier_loss))
   dtype = jnp.dtype(config.model.get('dtype', 'float32'))
   return (functools.partial(class_sharded_train_step, dtype=dtype,
                             **center_kwargs),
@@ -516,7 +748,10 @@ def summarize(metric_sums: Metrics) -> dict[str, float]:
   sums = parallel.fetch_replicated(metric_sums)
   weight = max(float(sums['weight']), 1e-12)
   out = {k: float(v) / weight for k, v in sums.items()
-         if k not in ('weight', 'invalid_labels')}
+         if k not in ('weight', 'invalid_labels', 'pair_loss', 'pair_count')}
+  if 'pair_loss' in sums:  # A mean over pairs (or anchors), not examples.
+    out['pair_loss'] = float(sums['pair_loss']) / max(
+        float(sums['pair_count']), 1.0)
   out['invalid_labels'] = int(sums['invalid_labels'])
   out['num_examples'] = float(sums['weight'])
   return out
@@ -698,8 +933,8 @@ def _check_finite_and_summarize(step_metrics: list[Metrics],
   """
   host = parallel.fetch_replicated(step_metrics)
   for offset, sums in enumerate(host):
-    for key in ('cross_entropy', 'center_loss'):
-      if not np.isfinite(sums[key]):
+    for key in ('cross_entropy', 'center_loss', 'pair_loss'):
+      if key in sums and not np.isfinite(sums[key]):
         raise NonFiniteLossError(
             f'Non-finite {key} ({sums[key]}) at step {first_step + offset + 1}. '
             'Training stopped; the checkpoints in the workdir are from before '
@@ -715,10 +950,26 @@ def _all_finite(tree) -> jax.Array:
 
 def _evaluate_and_write(eval_fn, dp, state, dataset, config, writer, workdir,
                         step) -> dict[str, Any]:
-  """Evaluates on the test split, writes metrics and the 2-D feature plot."""
+  """Evaluates on the test split and any open-set (face) sets; writes
+  their metrics, the 2-D feature plot and the ROC plot."""
   result = _evaluate(eval_fn, dp, state, dataset.test, config)
   writer.write_scalars(step, {f'test/{k}': v
                               for k, v in result['metrics'].items()})
+  open_set, roc_curves = evaluate_open_set(dp, state, dataset, config)
+  if open_set:
+    writer.write_scalars(step, open_set)
+    logging.info('Open-set metrics at step %d: %s', step, open_set)
+    result['metrics'].update(open_set)
+  if roc_curves and jax.process_index() == 0:
+    verification.plot_roc(
+        roc_curves, path=os.path.join(workdir, f'roc_step_{step}.png'),
+        title=f'{config.input.name}, step {step}')
+    # The latest curve as data, for comparisons across runs.
+    far, tar = next(iter(roc_curves.values()))
+    with open(os.path.join(workdir, 'roc.npz.tmp'), 'wb') as f:
+      np.savez(f, far=far, tar=tar, step=step)
+    os.replace(os.path.join(workdir, 'roc.npz.tmp'),
+               os.path.join(workdir, 'roc.npz'))
   if (config.plot_features and result['features'].shape[1] == 2
       and jax.process_index() == 0):
     image = plotting.save_feature_plot(

@@ -51,6 +51,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.center_loss.weight = 0.01
   config.center_loss.alpha = 0.5
 
+  # The classification loss, and the losses the paper compares the center
+  # loss with (each combinable with it): 'softmax' (a linear classifier, the
+  # paper's), or a margin softmax on a cosine classifier: 'sphereface',
+  # 'cosface', 'arcface'.
+  config.loss = ml_collections.ConfigDict()
+  config.loss.classifier = 'softmax'
+  # Margin-softmax settings; None: the kind's usual value (SphereFace m=4;
+  # CosFace m=0.35, s=64; ArcFace m=0.5, s=64).
+  config.loss.margin = ml_collections.config_dict.placeholder(float)
+  config.loss.scale = ml_collections.config_dict.placeholder(float)
+  config.loss.sphereface_blend = 5.0     # SphereFace's annealing lambda.
+  # A metric-learning term on the global batch: 'none', 'contrastive'
+  # (DeepID2-style, the paper's comparison) or 'triplet' (batch-hard).
+  config.loss.pair = 'none'
+  config.loss.pair_weight = 1.0
+  config.loss.pair_margin = 1.0
+  config.loss.pair_normalize = False     # L2-normalise features first.
+
   # The reference solver: SGD lr 0.01, momentum 0.9, weight decay 5e-4,
   # lr x0.8 at fixed steps.
   config.optimizer = 'sgd'
@@ -81,6 +99,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       ml_collections.config_dict.placeholder(str))
   config.distributed.num_processes = ml_collections.config_dict.placeholder(int)
   config.distributed.process_id = ml_collections.config_dict.placeholder(int)
+
+  # Open-set evaluation, for datasets with verification pairs or an
+  # identification set (faces; see centerloss_jax/evaluate.py).
+  config.evaluation = ml_collections.ConfigDict()
+  config.evaluation.mirror = True        # Concatenate image + mirror features.
+  # PCA dimension fitted on the 9 training folds; None: no PCA.
+  config.evaluation.pca_dim = ml_collections.config_dict.placeholder(int)
+  config.evaluation.max_rank = 10        # CMC length of identification.
+  config.evaluation.distractor_block_size = 65_536
 
   config.log_every_steps = 50
   config.eval_every_steps = -1           # -1: at the end of every epoch.

@@ -20,14 +20,16 @@ classes by `class_shards`; change either with `--config.batch_size=...`,
 
 Honest status: NOT run at scale here. What is tested (on 8 fake CPU
 devices) is the `runlocal` variant end to end and the class-sharded step's
-equality with replicated training. There is no face data yet: real face
-input (and a face backbone; the backbone is LeNet++ with a 512-d feature for
-now) comes with a later issue. Until then the config reads whatever input it
-names, here the Fashion-MNIST IDX files: their labels 0-9 are valid among
-131,072 classes, so the run trains and evaluates, but only as a smoke test of
-the sharded machinery at full size (memory, compile, communication), not as
-a face experiment; its accuracy and feature metrics mean nothing. No
-expected result or runtime is quoted for that reason.
+equality with replicated training. It is a smoke test of the sharded machinery at
+full size (memory, compile, communication), not a face experiment: it
+trains LeNet++ with a 512-d feature on the Fashion-MNIST IDX files (labels
+0-9 are valid among 131,072 classes), so its accuracy and feature metrics
+mean nothing and no expected result or runtime is quoted. For a face run at
+this scale, combine it with the face input and backbone of
+configs/casia_webface_face_resnet.py (`input.source='identity_folders'`,
+`model.name='face_resnet'`, an MS1M-size identity-folder export); the
+class-sharded step supports softmax (+ center loss) only, not the margin or
+pair losses.
 
 `--config=configs/face_scale.py:runlocal`: a seconds-long CPU run of the same
 code path (64 classes over 4 shards, 8-d features, batch 32, no

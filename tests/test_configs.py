@@ -7,17 +7,31 @@ import tensorflow_datasets as tfds
 
 from centerloss_jax import train
 
-CONFIGS = ['default', 'face_scale', 'fashion_mnist_lenetpp', 'mnist_lenetpp']
+LENET_CONFIGS = ['default', 'face_scale', 'fashion_mnist_lenetpp',
+                 'mnist_lenetpp']
+FACE_CONFIGS = ['casia_webface_face_resnet', 'synthetic_faces']
+CONFIGS = LENET_CONFIGS + FACE_CONFIGS
 
 
 @pytest.mark.parametrize('name', CONFIGS)
 @pytest.mark.parametrize('arg', [None, 'runlocal'])
 def test_config_builds(name, arg):
   config = importlib.import_module(f'configs.{name}').get_config(arg)
-  assert config.model.name == 'lenet_pp'
   assert config.parallel in ('jit', 'pmap', 'shard_map')
-  if arg == 'runlocal':
-    assert config.input.train_subset <= 256
+  # The loss settings parse, and the model accepts every config field.
+  classifier_loss = train.ClassifierLoss.from_config(config.loss)
+  train.PairLoss.from_config(config.loss)
+  model = train.create_model(config, num_classes=config.input.num_classes)
+  assert model.classifier == classifier_loss.model_classifier
+  if name in LENET_CONFIGS:
+    assert config.model.name == 'lenet_pp'
+    if arg == 'runlocal':
+      assert config.input.train_subset <= 256
+  else:
+    assert config.model.name == 'face_resnet'
+    assert tuple(config.input.image_shape)[:2] in ((112, 96), (56, 48))
+    if arg == 'runlocal':
+      assert config.batch_size <= 16 and config.model.feature_dim <= 16
 
 
 @pytest.mark.parametrize('name', CONFIGS)

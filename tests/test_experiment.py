@@ -75,6 +75,22 @@ def test_centers_are_trained_and_checkpointed(finished_run, tiny_idx_dir):
   assert np.abs(centers).max() > 0, 'centers never left their zero init'
 
 
+def test_restore_into_an_eval_shape_target(finished_run, tiny_idx_dir):
+  """`jax.eval_shape` of the state is a valid (and cheap) restore target."""
+  workdir, _ = finished_run
+  manager = checkpointing.create_manager(workdir, max_to_keep=3)
+  state = _abstract_state(tiny_idx_dir)
+  expected, _ = checkpointing.restore_latest(manager, state)
+  restored, _ = checkpointing.restore_latest(
+      manager, jax.eval_shape(lambda s: s, state))
+  jax.tree.map(np.testing.assert_array_equal,
+               jax.random.key_data(restored.rng),
+               jax.random.key_data(expected.rng))
+  jax.tree.map(np.testing.assert_array_equal,
+               (restored.params, restored.centers, restored.opt_state),
+               (expected.params, expected.centers, expected.opt_state))
+
+
 def _abstract_state(data_dir):
   config = _config(data_dir)
   return train.create_train_state(

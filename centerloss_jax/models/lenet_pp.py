@@ -16,6 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from centerloss_jax.models import heads
+
 
 class PReLU(nn.Module):
   """Parametric ReLU with one learnable slope per channel (Caffe's default).
@@ -71,6 +73,9 @@ class LeNetPlusPlus(nn.Module):
       `(features, None)`: class-sharded training holds the (D, C) kernel
       itself, split over devices, and applies it with
       `sharded.sharded_logits`.
+    classifier: `'linear'` (the bias-free softmax classifier) or `'cosine'`
+      (`heads.CosineClassifier`, whose cosines the margin losses turn into
+      logits). Either keeps its kernel at `CLASSIFIER_SCOPE`/'kernel'.
   """
   num_classes: int = 10
   feature_dim: int = 2
@@ -78,11 +83,13 @@ class LeNetPlusPlus(nn.Module):
   feature_activation: bool = True
   dtype: Any = jnp.float32
   use_classifier: bool = True
+  classifier: str = 'linear'
 
   @nn.compact
   def __call__(self, images: jax.Array,
                train: bool = False) -> tuple[jax.Array, Optional[jax.Array]]:
     del train  # No dropout or batch norm: train and eval are the same.
+    heads.check_classifier(self.classifier)
     x = images.astype(self.dtype)
     init = nn.initializers.xavier_uniform()  # The reference's Xavier filler.
     for channels in self.stage_channels:
@@ -97,6 +104,8 @@ class LeNetPlusPlus(nn.Module):
       features = PReLU()(features)
     if not self.use_classifier:
       return features.astype(jnp.float32), None
-    logits = nn.Dense(self.num_classes, use_bias=False, kernel_init=init,
-                      dtype=self.dtype)(features)
+    head = heads.classifier_head(self.classifier, self.num_classes,
+                                 name=CLASSIFIER_SCOPE, dtype=self.dtype)
+    # The linear head computes in `dtype`; the cosine head in float32.
+    logits = head(features)
     return features.astype(jnp.float32), logits.astype(jnp.float32)

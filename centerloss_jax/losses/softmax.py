@@ -1,0 +1,112 @@
+"""Softmax cross-entropy, the baseline every compared loss is added to.
+
+A thin wrapper over `optax.softmax_cross_entropy_with_integer_labels` that
+follows the conventions of `centerloss_jax.loss`: float32 arithmetic whatever
+the logits' dtype, example weights with 0 for padding, and labels outside
+`[0, num_classes)` masked out instead of gathered (optax would read a NaN fill
+value for them, or another class's logit after a `clip`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from centerloss_jax import loss as loss_lib
+
+Array = jax.Array
+
+# Divides a zero sum by this rather than by a zero weight, so that an
+# all-padding batch has loss 0 (and gradient 0) instead of NaN.
+_TINY = 1e-12
+
+
+def check_class_scores(scores, labels, name: str, weights=None) -> None:
+  """Raises ValueError/TypeError (at trace time) for ill-shaped inputs.
+
+  Shared by the softmax and the margin losses.
+
+  Args:
+    scores: should be (batch, num_classes) floating point (logits or
+      cosines).
+    labels: should be (batch,) integers.
+    name: the argument's name for the message, e.g. 'logits'.
+    weights: should be None or (batch,).
+  """
+  if jnp.ndim(scores) != 2:
+    raise ValueError(
+        f'{name} must have shape (batch, num_classes), got shape '
+        f'{jnp.shape(scores)}.')
+  if not jnp.issubdtype(jnp.result_type(scores), jnp.floating):
+    raise TypeError(
+        f'{name} must be floating point, got dtype {jnp.result_type(scores)}.')
+  loss_lib.check_labels(labels, scores, name)
+  batch = jnp.shape(scores)[0]
+  if weights is not None and jnp.shape(weights) != (batch,):
+    raise ValueError(
+        f'weights must have shape (batch,) = ({batch},) to match {name} of '
+        f'shape {jnp.shape(scores)}, got shape {jnp.shape(weights)}.')
+
+
+def _effective_weights(valid: Array, weights: Optional[Array]) -> Array:
+  """float32 weights (1 by default) with invalid labels zeroed."""
+  if weights is None:
+    return valid.astype(jnp.float32)
+  return jnp.where(valid, jnp.asarray(weights, jnp.float32), 0.0)
+
+
+def softmax_cross_entropy(logits: Array, labels: Array,
+                          weights: Optional[Array] = None) -> Array:
+  """Per-example softmax cross-entropy `w_i * (logsumexp(z_i) - z_{i, y_i})`.
+
+  The building block for trainers that normalise over a global batch: sum
+  these over all replicas and divide by the global sum of weights (of examples
+  with a valid label). Rows with a label outside `[0, num_classes)` or with
+  weight 0 are exactly 0, and so is their gradient, even when their logits
+  are NaN or inf (a select, not a product, masks them).
+
+  Args:
+    logits: (batch, num_classes) floating point logits, any float dtype.
+    labels: (batch,) integer class ids.
+    weights: optional (batch,) non-negative example weights; 0 marks padding.
+      Without them every row with a valid label has weight 1.
+
+  Returns:
+    (batch,) float32 array.
+  """
+  check_class_scores(logits, labels, 'logits', weights)
+  valid = loss_lib.valid_label_mask(labels, jnp.shape(logits)[1])
+  weights = _effective_weights(valid, weights)
+  keep = weights > 0
+  # Masked rows get logits 0 and label 0 *before* the softmax: selecting only
+  # the output would leave 0 * NaN in the backward pass of a NaN row.
+  logits = jnp.where(keep[:, None], logits.astype(jnp.float32), 0.0)
+  safe_labels = jnp.where(valid, labels, 0).astype(jnp.int32)
+  per_example = optax.softmax_cross_entropy_with_integer_labels(
+      logits, safe_labels)
+  return jnp.where(keep, weights * per_example, 0.0)
+
+
+def softmax_cross_entropy_loss(logits: Array, labels: Array,
+                               weights: Optional[Array] = None) -> Array:
+  """Softmax cross-entropy as a weighted mean over the mini-batch.
+
+  `sum_i w_i CE_i / sum_i w_i` over the examples with a valid label, the
+  normalisation of `centerloss_jax.loss.center_loss`, so the two add up with
+  the paper's `lambda` unchanged by padding.
+
+  Args:
+    logits: (batch, num_classes) logits.
+    labels: (batch,) integer class ids; out-of-range ids are masked out.
+    weights: optional (batch,) example weights; 0 marks padding.
+
+  Returns:
+    A float32 scalar; 0 when every weight is 0.
+  """
+  per_example = softmax_cross_entropy(logits, labels, weights)
+  valid = loss_lib.valid_label_mask(labels, jnp.shape(logits)[1])
+  total_weight = jnp.sum(_effective_weights(valid, weights))
+  return jnp.sum(per_example) / jnp.maximum(total_weight, _TINY)

@@ -1,0 +1,125 @@
+"""Classifier heads shared by the models: the softmax layer and cosines.
+
+A model's `classifier` attribute picks its head:
+
+* `'linear'`: a bias-free `nn.Dense(num_classes)` on the feature, the
+  softmax classifier of the paper (its logits are `W^T x`).
+* `'cosine'`: `CosineClassifier`, the cosine between the L2-normalised feature
+  and each L2-normalised class weight. The margin losses (SphereFace, CosFace,
+  ArcFace) turn these cosines into logits; they read the feature norm from the
+  model's `features` output when they need it.
+
+Either head stores a `(feature_dim, num_classes)` param named `'kernel'` under
+the model's classifier scope, so class-sharded training can pop it out of the
+params the same way for both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+CLASSIFIERS = ('linear', 'cosine')
+
+
+def check_classifier(classifier: str) -> None:
+  """Raises ValueError unless `classifier` names a known head.
+
+  Args:
+    classifier: the model's `classifier` attribute.
+
+  Raises:
+    ValueError: if it is not one of `CLASSIFIERS`.
+  """
+  if classifier not in CLASSIFIERS:
+    raise ValueError(
+        f'Unknown classifier {classifier!r}; expected one of {CLASSIFIERS}.')
+
+
+def l2_normalize(x: jax.Array, axis: int = -1,
+                 epsilon: float = 1e-12) -> jax.Array:
+  """Scales `x` to unit L2 norm along `axis`; a zero vector stays zero.
+
+  The squared norm is floored at `epsilon**2` rather than adding `epsilon` to
+  the norm: vectors of ordinary size come out exactly unit length (so cosines
+  stay within [-1, 1]), and neither the value nor the gradient is NaN at zero
+  (the gradient of `sqrt` is infinite there, that of the sum of squares is 0).
+
+  Args:
+    x: the array to normalise.
+    axis: the axis holding the vectors.
+    epsilon: norms below this are treated as `epsilon`.
+
+  Returns:
+    `x / max(||x||, epsilon)`, same shape and dtype as `x`.
+  """
+  squared_norm = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(squared_norm, epsilon**2))
+
+
+class CosineClassifier(nn.Module):
+  """Cosines between the features and the class weight vectors.
+
+  Computed in float32 whatever the input dtype: cosines near 1 are where the
+  angular margins act, and bfloat16's 8-bit mantissa would quantise the angle
+  there coarsely (cos 0.5 degrees = 0.99996 rounds to 1).
+
+  Attributes:
+    num_classes: number of classes (kernel columns).
+    epsilon: norms below this are treated as `epsilon` (a zero feature gives
+      cosines of 0, not NaN).
+    kernel_init: initializer of the `(feature_dim, num_classes)` kernel.
+  """
+  num_classes: int
+  epsilon: float = 1e-12
+  kernel_init: Any = nn.initializers.xavier_uniform()
+
+  @nn.compact
+  def __call__(self, features: jax.Array) -> jax.Array:
+    """Returns the `(batch, num_classes)` float32 cosines, in [-1, 1].
+
+    Args:
+      features: `(batch, feature_dim)` features.
+    """
+    kernel = self.param('kernel', self.kernel_init,
+                        (features.shape[-1], self.num_classes), jnp.float32)
+    unit_features = l2_normalize(features.astype(jnp.float32),
+                                 epsilon=self.epsilon)
+    unit_kernel = l2_normalize(kernel, axis=0, epsilon=self.epsilon)
+    cosines = jnp.dot(unit_features, unit_kernel,
+                      precision=jax.lax.Precision.HIGHEST)
+    # Rounding can leave |cos| a few ulps above 1, and arccos in the
+    # angular-margin losses is NaN there.
+    return jnp.clip(cosines, -1.0, 1.0)
+
+
+def classifier_head(classifier: str, num_classes: int, *, name: str,
+                    dtype: Any = jnp.float32) -> nn.Module:
+  """Builds the head a model's `classifier` attribute names.
+
+  Call it inside a compact `__call__`. Apply the `'linear'` head to the
+  features in the computation dtype and the `'cosine'` head to the float32
+  features (it computes in float32 anyway).
+
+  Args:
+    classifier: `'linear'` (bias-free Dense, Xavier init as in the reference
+      Caffe models) or `'cosine'` (`CosineClassifier`).
+    num_classes: number of classes.
+    name: the module name, i.e. the classifier's param scope.
+    dtype: computation dtype of the linear head.
+
+  Returns:
+    The head module.
+
+  Raises:
+    ValueError: for an unknown `classifier`.
+  """
+  check_classifier(classifier)
+  if classifier == 'linear':
+    return nn.Dense(num_classes, use_bias=False,
+                    kernel_init=nn.initializers.xavier_uniform(),
+                    dtype=dtype, name=name)
+  return CosineClassifier(num_classes, name=name)
