@@ -14,16 +14,19 @@ same code the trainer runs at each evaluation:
 * identification (MegaFace protocol): rank-1 and the CMC against the
   distractors, computed in blocks.
 
-Writes `<output_dir>/evaluation.json` (the metrics) and `roc.png`, and
-prints the metrics. `--output_dir` defaults to `<workdir>/evaluation`.
+Writes `<output_dir>/evaluation.json` (the metrics, and the CMC as
+`<set>/cmc`: rank-1 ... rank-`max_rank` rates) and `roc.png`, and prints
+them. `--output_dir` defaults to `<workdir>/evaluation`.
 Evaluate on another pairs set by overriding the config, e.g.
 `--config.input.pairs_dir=/data/lfw --config.input.pairs_file=/data/pairs.txt`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from typing import Any
 
 from absl import app
 from absl import flags
@@ -38,19 +41,63 @@ from centerloss_jax import train
 from centerloss_jax import verification
 from centerloss_jax import writers
 
-_WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'The training run\'s workdir (with checkpoints/).',
-    required=True)
-_OUTPUT_DIR = flags.DEFINE_string(
-    'output_dir', None, 'Where to write evaluation.json and roc.png; default '
-    '<workdir>/evaluation.')
-config_flags.DEFINE_config_file('config', None, 'The run\'s experiment config.',
-                                lock_config=True)
-flags.mark_flags_as_required(['config'])
+
+def _define_flags() -> None:
+  """Defines the command line's flags.
+
+  Only when run as a program, so that `evaluate_checkpoint` can be imported
+  next to other absl programs' flags (e.g. in a test session).
+  """
+  flags.DEFINE_string('workdir', None,
+                      'The training run\'s workdir (with checkpoints/).')
+  flags.DEFINE_string('output_dir', None, 'Where to write evaluation.json and '
+                      'roc.png; default <workdir>/evaluation.')
+  config_flags.DEFINE_config_file('config', None,
+                                  'The run\'s experiment config.',
+                                  lock_config=True)
+  flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def evaluate_checkpoint(config, workdir: str) -> tuple[dict[str, float],
-                                                       dict]:
+def restore_checkpoint(config, workdir: str,
+                       dataset: input_pipeline.Dataset) -> train.TrainState:
+  """The latest checkpoint of a training run, as a host TrainState.
+
+  Args:
+    config: the run's experiment config.
+    workdir: the run's workdir.
+    dataset: the config's dataset (for the image shape and classes).
+
+  Returns:
+    The restored state (unplaced; `DataParallel.put_state` it).
+
+  Raises:
+    FileNotFoundError: no checkpoint in `workdir`; nothing is created there.
+  """
+  checkpoint_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  missing = FileNotFoundError(
+      f'No checkpoint under {checkpoint_dir}: train first (python -m '
+      'centerloss_jax.main ... --workdir=...).')
+  if not os.path.isdir(checkpoint_dir):
+    raise missing
+  # Shapes only: the checkpoint provides every value.
+  target = jax.eval_shape(functools.partial(
+      train.create_train_state, config, image_shape=dataset.image_shape,
+      num_classes=dataset.num_classes,
+      learning_rate_fn=train.create_learning_rate_fn(config, 1)),
+                          jax.random.key(config.seed))
+  manager = checkpointing.create_manager(
+      os.path.abspath(workdir), max_to_keep=config.keep_checkpoints)
+  try:
+    restored = checkpointing.restore_latest(manager, target)
+  finally:
+    manager.close()
+  if restored is None:
+    raise missing
+  return restored[0]
+
+
+def evaluate_checkpoint(config, workdir: str) -> tuple[dict[str, Any],
+                                                       dict[str, Any]]:
   """Open-set metrics of the latest checkpoint in `workdir`.
 
   Args:
@@ -59,7 +106,8 @@ def evaluate_checkpoint(config, workdir: str) -> tuple[dict[str, float],
     workdir: the training run's workdir.
 
   Returns:
-    (metrics '<set>/<metric>' plus 'step', ROC curves {set: (far, tar)}).
+    (metrics '<set>/<metric>' plus 'step', curves as
+    `train.evaluate_open_set`'s).
 
   Raises:
     FileNotFoundError: no checkpoint in `workdir`.
@@ -72,56 +120,53 @@ def evaluate_checkpoint(config, workdir: str) -> tuple[dict[str, float],
         f'input.source={config.input.source!r} has no verification pairs or '
         'identification set to evaluate on; configure one (e.g. '
         'input.pairs_dir and input.pairs_file).')
+  state = restore_checkpoint(config, workdir, dataset)
   dp = parallel.DataParallel.create(
       config.parallel, model_shards=config.get('class_shards', 1))
   dp.check_batch_size(config.batch_size)
-  state = train.create_train_state(
-      config, jax.random.key(config.seed), image_shape=dataset.image_shape,
-      num_classes=dataset.num_classes,
-      learning_rate_fn=train.create_learning_rate_fn(config, 1))
-  manager = checkpointing.create_manager(
-      os.path.abspath(workdir), max_to_keep=config.keep_checkpoints)
-  try:
-    restored = checkpointing.restore_latest(manager, state)
-  finally:
-    manager.close()
-  if restored is None:
-    raise FileNotFoundError(
-        f'No checkpoint under {os.path.join(workdir, "checkpoints")}: train '
-        'first (python -m centerloss_jax.main ... --workdir=...).')
-  state, _ = restored
-  step = int(state.step)
-  metrics, curves = train.evaluate_open_set(dp, dp.put_state(state), dataset,
-                                            config)
-  metrics['step'] = step
+  metrics, curves = train.evaluate_open_set(
+      train.compile_feature_step(dp, config), dp, dp.put_state(state),
+      dataset, config)
+  metrics['step'] = int(state.step)
   return metrics, curves
+
+
+def _write_json(path: str, data: Any) -> None:
+  """Writes whole or not at all: a crash never leaves half a file."""
+  with open(path + '.tmp', 'w') as f:
+    json.dump(data, f, indent=2, sort_keys=True)
+  os.replace(path + '.tmp', path)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   writers.quiet_orbax_logging()
-  config = flags.FLAGS.config
+  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   parallel.initialize_distributed(config.distributed)
-  metrics, curves = evaluate_checkpoint(config, _WORKDIR.value)
+  metrics, curves = evaluate_checkpoint(config, workdir)
   if jax.process_index() != 0:
     return
-  output_dir = _OUTPUT_DIR.value or os.path.join(_WORKDIR.value, 'evaluation')
+  output_dir = flags.FLAGS.output_dir or os.path.join(workdir, 'evaluation')
   os.makedirs(output_dir, exist_ok=True)
-  path = os.path.join(output_dir, 'evaluation.json')
-  # Written whole or not at all: a crash never leaves half a file.
-  with open(path + '.tmp', 'w') as f:
-    json.dump(metrics, f, indent=2, sort_keys=True)
-  os.replace(path + '.tmp', path)
-  if curves:
-    verification.plot_roc(curves, path=os.path.join(output_dir, 'roc.png'),
+  results = dict(metrics)
+  for name, rates in curves['cmc'].items():
+    results[f'{name}/cmc'] = [float(r) for r in rates]
+  _write_json(os.path.join(output_dir, 'evaluation.json'), results)
+  if curves['roc']:
+    verification.plot_roc(curves['roc'],
+                          path=os.path.join(output_dir, 'roc.png'),
                           title=f'{config.input.name}, step {metrics["step"]}')
-  logging.info('Open-set metrics: %s', metrics)
-  for name, value in sorted(metrics.items()):
-    print(f'{name:40s} {value:.4f}' if isinstance(value, float)
-          else f'{name:40s} {value}')
+  logging.info('Open-set metrics: %s', results)
+  for name, value in sorted(results.items()):
+    if isinstance(value, float):
+      value = f'{value:.4f}'
+    elif isinstance(value, list):
+      value = ' '.join(f'{v:.4f}' for v in value)
+    print(f'{name:40s} {value}')
   print(f'Written to {output_dir}')
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

@@ -1,5 +1,4 @@
-"""Feature-space metrics: how compact classes are and how far apart, and
-how well features of unseen identities verify and identify.
+"""Feature-space metrics: compactness, separation, open-set face protocols.
 
 Center loss exists to make features *discriminative*: small intra-class
 variation, large inter-class distance (Wen et al. 2016, Sec. 1).
@@ -16,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from centerloss_jax import identification
+from centerloss_jax import input_pipeline
 from centerloss_jax import verification
 
 # Centers used for the separation statistics: all pairs of 1,024 centers is
@@ -56,7 +56,7 @@ def compactness_metrics(features: np.ndarray, labels: np.ndarray,
     present = np.sort(np.random.default_rng(0).choice(
         present, MAX_SEPARATION_CLASSES, replace=False))
   present = centers[present]
-  # |a - b|^2 = |a|^2 + |b|^2 - 2 a.b: no (K, K, D) broadcast.
+  # |a - b|^2 = |a|^2 + |b|^2 - 2 a.b (in float64): no (K, K, D) broadcast.
   norms = np.sum(present**2, axis=1)
   distances = np.sqrt(np.maximum(
       norms[:, None] + norms[None] - 2 * present @ present.T, 0.0))
@@ -75,36 +75,39 @@ def compactness_metrics(features: np.ndarray, labels: np.ndarray,
 
 
 def open_set_metrics(extract_features: Callable[[Any], np.ndarray],
-                     dataset: Any, eval_config: Any
-                     ) -> tuple[dict[str, float], dict[str, Any]]:
+                     dataset: input_pipeline.Dataset, eval_config: Any
+                     ) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
   """Verification and identification metrics of unseen identities.
 
   Args:
     extract_features: maps uint8 images (N, H, W, C) (an ndarray or a lazy
       array-like) to their (N, F) test features (with the mirror
       concatenated, if the config says so).
-    dataset: an `input_pipeline.Dataset`; its `verification` (PairsSet) and
-      `identification` (IdentificationSet) are used when present.
+    dataset: its `verification` (PairsSet) and `identification`
+      (IdentificationSet) are used when present.
     eval_config: `config.evaluation` (`pca_dim`, `max_rank`,
       `distractor_block_size`).
 
   Returns:
-    (metrics named '<set name>/<metric>', ROC curves {set name: (far, tar)}).
+    Metrics named '<set name>/<metric>', and the curves
+    `{'roc': {set name: (far, tar)}, 'cmc': {set name: (max_rank,) rates}}`.
   """
-  metrics, curves = {}, {}
+  metrics, curves = {}, {'roc': {}, 'cmc': {}}
   pairs = dataset.verification
   if pairs is not None:
     features = extract_features(pairs.images)
-    left, right = features[pairs.left], features[pairs.right]
-    report, curves[pairs.name] = verification.verification_report_and_roc(
-        left, right, pairs.is_same, pairs.fold, pca_dim=eval_config.pca_dim)
+    report, curves['roc'][pairs.name] = (
+        verification.verification_report_and_roc(
+            features[pairs.left], features[pairs.right], pairs.is_same,
+            pairs.fold, pca_dim=eval_config.pca_dim))
     metrics.update({f'{pairs.name}/{k}': v for k, v in report.items()})
   ident = dataset.identification
   if ident is not None:
-    report = identification.identification_report(
-        extract_features(ident.probes.images), ident.probes.labels,
-        extract_features(ident.distractors),
-        max_rank=eval_config.max_rank,
-        block_size=eval_config.distractor_block_size)
+    report, curves['cmc'][ident.name] = (
+        identification.identification_report_and_cmc(
+            extract_features(ident.probes.images), ident.probes.labels,
+            extract_features(ident.distractors),
+            max_rank=eval_config.max_rank,
+            block_size=eval_config.distractor_block_size))
     metrics.update({f'{ident.name}/{k}': v for k, v in report.items()})
   return metrics, curves

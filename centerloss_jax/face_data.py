@@ -547,33 +547,17 @@ def load_pairs_set(root: str, pairs_path: str, *,
 # ---------------------------------------------------------------------------
 
 
-def take_subset(images, labels: np.ndarray, subset: Optional[int],
-                split: str):
-  """The first `subset` examples of a split, or all when `subset` is None.
+def config_value(config: Any, key: str, default: Any = None) -> Any:
+  """A field of an input config, for ConfigDicts and dicts alike.
 
   Args:
-    images: ndarray or `ImageFiles` (sliced lazily).
-    labels: (N,) labels.
-    subset: number of examples to keep, or None.
-    split: split name for the error message.
+    config: ConfigDict or dict.
+    key: the field's name.
+    default: what a missing or None field reads as.
 
   Returns:
-    `(images, labels)` cut to `subset`.
-
-  Raises:
-    ValueError: `subset` outside [1, N].
+    `config[key]`, or `default` where it is missing or None.
   """
-  if subset is None:
-    return images, labels
-  if not 1 <= subset <= labels.shape[0]:
-    raise ValueError(
-        f'Subset of split {split!r} must be in [1, {labels.shape[0]}] (the '
-        f'split size), got {subset}.')
-  return images[:subset], labels[:subset]
-
-
-def _config_get(config: Any, key: str, default: Any = None) -> Any:
-  """`config.get(key, default)` for ConfigDicts and dicts alike."""
   value = config.get(key, default)
   return default if value is None else value
 
@@ -597,6 +581,10 @@ def load_identity_folders(input_config: Any) -> input_pipeline.Dataset:
     pairs file (`load_pairs_set`); None for no verification set.
   * `pairs_landmarks`: optional landmark list for the pairs' images.
   * `pairs_name`: the verification set's name; default 'lfw'.
+  * `probe_dir`, `distractor_dir` (+ optional `probe_landmarks`,
+    `distractor_landmarks`, `identification_name`, default 'megaface'): a
+    MegaFace-style identification set (`load_identification_set`); None for
+    none.
   * `train_subset`, `test_subset`: keep the first N examples, for quick runs.
 
   Images stay on disk (`ImageFiles`) until a batch reads them.
@@ -612,23 +600,26 @@ def load_identity_folders(input_config: Any) -> input_pipeline.Dataset:
       `test_images_per_identity`, missing landmarks, or the errors of the
       readers above (FileNotFoundError for missing directories or files).
   """
-  train_dir = input_config['train_dir']
+  train_dir = config_value(input_config, 'train_dir', None)
+  if train_dir is None:
+    raise ValueError('input.train_dir is None; expected the root of the '
+                     'training set, one sub-folder of images per identity.')
   image_shape = check_image_shape(
-      _config_get(input_config, 'image_shape', DEFAULT_IMAGE_SHAPE))
-  held_out = int(_config_get(input_config, 'test_images_per_identity', 1))
+      config_value(input_config, 'image_shape', DEFAULT_IMAGE_SHAPE))
+  held_out = int(config_value(input_config, 'test_images_per_identity', 1))
   if held_out < 0:
     raise ValueError(f'test_images_per_identity must be >= 0, got '
                      f'{held_out}.')
   paths, labels, names = scan_identity_folders(
       train_dir, min_images_per_identity=int(
-          _config_get(input_config, 'min_images_per_identity', 1)))
+          config_value(input_config, 'min_images_per_identity', 1)))
   num_classes = int(input_config['num_classes'])
   if num_classes != len(names):
     raise ValueError(
         f'num_classes={num_classes} but {len(names)} identity folders were '
         f'found under {train_dir!r}; set num_classes to {len(names)}.')
 
-  landmarks_path = _config_get(input_config, 'landmarks', None)
+  landmarks_path = config_value(input_config, 'landmarks', None)
   landmarks = (None if landmarks_path is None else
                _landmarks_for(paths, train_dir, landmarks_path))
 
@@ -646,15 +637,15 @@ def load_identity_folders(input_config: Any) -> input_pipeline.Dataset:
     indices = np.flatnonzero(mask)
     images = ImageFiles([paths[i] for i in indices], image_shape,
                         None if landmarks is None else landmarks[indices])
-    images, split_labels = take_subset(
+    images, split_labels = input_pipeline.take_subset(
         images, labels[indices], input_config.get(subset_key, None), split)
     input_pipeline.validate_labels(split_labels, num_classes, split)
     splits[split] = input_pipeline.Split(images=images, labels=split_labels,
                                          name=split)
 
   verification = None
-  pairs_dir = _config_get(input_config, 'pairs_dir', None)
-  pairs_file = _config_get(input_config, 'pairs_file', None)
+  pairs_dir = config_value(input_config, 'pairs_dir', None)
+  pairs_file = config_value(input_config, 'pairs_file', None)
   if (pairs_dir is None) != (pairs_file is None):
     raise ValueError(
         'pairs_dir and pairs_file must be set together (or both None), got '
@@ -662,8 +653,86 @@ def load_identity_folders(input_config: Any) -> input_pipeline.Dataset:
   if pairs_dir is not None:
     verification = load_pairs_set(
         pairs_dir, pairs_file, image_shape=image_shape,
-        landmarks_path=_config_get(input_config, 'pairs_landmarks', None),
-        name=_config_get(input_config, 'pairs_name', 'lfw'))
+        landmarks_path=config_value(input_config, 'pairs_landmarks', None),
+        name=config_value(input_config, 'pairs_name', 'lfw'))
+  identification = None
+  probe_dir = config_value(input_config, 'probe_dir', None)
+  distractor_dir = config_value(input_config, 'distractor_dir', None)
+  if (probe_dir is None) != (distractor_dir is None):
+    raise ValueError(
+        'probe_dir and distractor_dir must be set together (or both None), '
+        f'got probe_dir={probe_dir!r}, distractor_dir={distractor_dir!r}.')
+  if probe_dir is not None:
+    identification = load_identification_set(
+        probe_dir, distractor_dir, image_shape=image_shape,
+        probe_landmarks=config_value(input_config, 'probe_landmarks', None),
+        distractor_landmarks=config_value(input_config,
+                                          'distractor_landmarks', None),
+        name=config_value(input_config, 'identification_name', 'megaface'))
   return input_pipeline.Dataset(
       train=splits['train'], test=splits['test'], num_classes=num_classes,
-      class_names=names, image_shape=image_shape, verification=verification)
+      class_names=names, image_shape=image_shape, verification=verification,
+      identification=identification)
+
+
+def list_images(root: str, extensions: Sequence[str] = IMAGE_EXTENSIONS
+                ) -> List[str]:
+  """Every image file below `root`, at any depth, in sorted path order.
+
+  For distractor sets such as MegaFace's, stored in nested folders whose
+  names carry no identity.
+
+  Raises:
+    FileNotFoundError: `root` is not a directory.
+    ValueError: no image file below it.
+  """
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f'Image root {root!r} is not a directory.')
+  suffixes = tuple(ext.lower() for ext in extensions)
+  paths = []
+  for directory, folders, files in os.walk(root):
+    folders[:] = [f for f in folders if not f.startswith('.')]
+    paths.extend(os.path.join(directory, name) for name in files
+                 if not name.startswith('.')
+                 and name.lower().endswith(suffixes))
+  if not paths:
+    raise ValueError(f'No image ending in {", ".join(suffixes)} below '
+                     f'{root!r}.')
+  return sorted(paths)
+
+
+def load_identification_set(
+    probe_dir: str, distractor_dir: str, *,
+    image_shape: Sequence[int] = DEFAULT_IMAGE_SHAPE,
+    probe_landmarks: Optional[str] = None,
+    distractor_landmarks: Optional[str] = None,
+    name: str = 'megaface') -> input_pipeline.IdentificationSet:
+  """A MegaFace-style identification set from folders, images kept lazy.
+
+  Args:
+    probe_dir: probe identities, one sub-folder each (e.g. FaceScrub);
+      identities with fewer than 2 images are dropped (no mate).
+    distractor_dir: distractor images at any depth (e.g. MegaFace's 1M).
+    image_shape: (H, W, C) of the crops.
+    probe_landmarks: optional landmark list of the probes (paths relative to
+      `probe_dir`).
+    distractor_landmarks: the same for the distractors.
+    name: the set's name in metrics.
+
+  Returns:
+    The `IdentificationSet`.
+  """
+  image_shape = check_image_shape(image_shape)
+  paths, labels, _ = scan_identity_folders(probe_dir,
+                                           min_images_per_identity=2)
+  probes = ImageFiles(paths, image_shape, None if probe_landmarks is None
+                      else _landmarks_for(paths, probe_dir, probe_landmarks))
+  distractor_paths = list_images(distractor_dir)
+  distractors = ImageFiles(
+      distractor_paths, image_shape, None if distractor_landmarks is None
+      else _landmarks_for(distractor_paths, distractor_dir,
+                          distractor_landmarks))
+  return input_pipeline.IdentificationSet(
+      probes=input_pipeline.Split(images=probes, labels=labels,
+                                  name='probes'),
+      distractors=distractors, name=name)

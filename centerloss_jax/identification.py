@@ -167,6 +167,15 @@ def identification_report(probe_features, probe_labels, distractor_features,
   Raises:
     ValueError: as `cmc`.
   """
+  return identification_report_and_cmc(
+      probe_features, probe_labels, distractor_features, max_rank=max_rank,
+      block_size=block_size)[0]
+
+
+def identification_report_and_cmc(
+    probe_features, probe_labels, distractor_features, *, max_rank: int = 10,
+    block_size: int = 65536) -> tuple[dict[str, float], np.ndarray]:
+  """`identification_report` and the (max_rank,) CMC it was read from."""
   result = cmc(probe_features, probe_labels, distractor_features,
                max_rank=max_rank, block_size=block_size)
   report = {'rank1': result['rank1']}
@@ -175,4 +184,4 @@ def identification_report(probe_features, probe_labels, distractor_features,
       report[f'rank{rank}'] = float(result['cmc'][rank - 1])
   report['num_pairs'] = float(result['num_pairs'])
   report['num_distractors'] = float(np.shape(distractor_features)[0])
-  return report
+  return report, result['cmc']

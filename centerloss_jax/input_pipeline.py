@@ -384,11 +384,25 @@ class Dataset:
   identification: Optional[IdentificationSet] = None
 
 
-def _take_subset(images, labels, subset: Optional[int], split: str):
-  """The first `subset` examples, or all when `subset` is None."""
+def take_subset(images: Any, labels: np.ndarray, subset: Optional[int],
+                split: str) -> Tuple[Any, np.ndarray]:
+  """The first `subset` examples of a split, or all when `subset` is None.
+
+  Args:
+    images: ndarray or lazy `face_data.ImageFiles` (sliced lazily).
+    labels: (N,) labels.
+    subset: number of examples to keep, or None.
+    split: split name for the error message.
+
+  Returns:
+    `(images, labels)` cut to `subset`.
+
+  Raises:
+    ValueError: `subset` outside [1, N].
+  """
   if subset is None:
     return images, labels
-  if subset <= 0 or subset > labels.shape[0]:
+  if not 1 <= subset <= labels.shape[0]:
     raise ValueError(
         f'Subset of split {split!r} must be in [1, {labels.shape[0]}] (the '
         f'split size), got {subset}.')
@@ -448,8 +462,8 @@ def load_dataset(input_config: Any) -> Dataset:
   for split, subset_key in (('train', 'train_subset'),
                             ('test', 'test_subset')):
     images, labels = load(split)
-    images, labels = _take_subset(images, labels,
-                                  input_config.get(subset_key, None), split)
+    images, labels = take_subset(images, labels,
+                                 input_config.get(subset_key, None), split)
     validate_labels(labels, num_classes, split)
     splits[split] = Split(images=images, labels=labels, name=split)
   if splits['train'].images.shape[1:] != splits['test'].images.shape[1:]:

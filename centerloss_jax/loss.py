@@ -303,3 +303,24 @@ def update_centers(centers: Array, features: Array, labels: Array, *,
   target = jnp.where(writes, labels, out_of_bounds)
   new_rows = (own + step).astype(centers.dtype)
   return centers.at[target].set(new_rows, mode='drop', unique_indices=True)
+
+
+def l2_normalize(x: jax.Array, axis: int = -1,
+                 epsilon: float = 1e-12) -> jax.Array:
+  """Scales `x` to unit L2 norm along `axis`; a zero vector stays zero.
+
+  The squared norm is floored at `epsilon**2` rather than adding `epsilon` to
+  the norm: vectors of ordinary size come out exactly unit length (so cosines
+  stay within [-1, 1]), and neither the value nor the gradient is NaN at zero
+  (the gradient of `sqrt` is infinite there, that of the sum of squares is 0).
+
+  Args:
+    x: the array to normalise.
+    axis: the axis holding the vectors.
+    epsilon: norms below this are treated as `epsilon`.
+
+  Returns:
+    `x / max(||x||, epsilon)`, same shape and dtype as `x`.
+  """
+  squared_norm = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(squared_norm, epsilon**2))

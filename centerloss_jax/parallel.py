@@ -243,7 +243,10 @@ class DataParallel:
     """Compiles `step_fn(state, batch, axis_name=...) -> (metrics, outputs)`.
 
     `metrics` are reduced across replicas (one copy comes back); `outputs`
-    are per-example arrays, returned in global batch order.
+    are per-example arrays of the global batch (`fetch_global` makes them
+    numpy on every process). Their row order is the mesh's, which on a
+    multi-host mesh may interleave processes: carry an example index along
+    (as the 'label' of `train.extract_features` does) rather than assume it.
     """
     fn = functools.partial(step_fn, axis_name=self.axis_name)
     if self.mode == 'jit':
@@ -252,12 +255,18 @@ class DataParallel:
       pmapped = jax.pmap(fn, axis_name=BATCH_AXIS)
       def run(state, batch):
         metrics, outputs = pmapped(state, batch)
-        # This process's examples, in order; `fetch_global` is then local.
-        local = lambda x: np.concatenate(
-            [np.asarray(shard.data) for shard in x.addressable_shards])
+        # This process's examples, in order, then (with several processes)
+        # every process's, so the outputs are global as in the other modes.
+        def gather(x):
+          local = np.concatenate(
+              [np.asarray(shard.data) for shard in x.addressable_shards])
+          local = local.reshape((-1,) + x.shape[2:])
+          if jax.process_count() == 1:
+            return local
+          return np.asarray(multihost_utils.process_allgather(local,
+                                                              tiled=True))
         return (jax.tree.map(lambda x: x.addressable_data(0)[0], metrics),
-                jax.tree.map(lambda x: local(x).reshape((-1,) + x.shape[2:]),
-                             outputs))
+                jax.tree.map(gather, outputs))
       return run
     if self.model_shards == 1:
       return jax.jit(jax.shard_map(fn, mesh=self.mesh,

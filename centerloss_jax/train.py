@@ -8,7 +8,15 @@ objective (Eq. 5) `softmax CE + lambda * center_loss`, differentiates it with
 respect to the params only, applies the optimizer, and moves the centers by
 Eq. 4 computed on the *global* batch. `centerloss_jax.parallel.DataParallel`
 runs it under single-device `jax.jit`, `jax.pmap` or `jax.jit` +
-`jax.shard_map`.
+`jax.shard_map`. The losses the paper is compared with plug into the same
+step (`config.loss`): a margin softmax (SphereFace, CosFace, ArcFace) in
+place of the softmax (`ClassifierLoss`), and a contrastive or batch-hard
+triplet term on the global batch (`PairLoss`), each with or without the
+center loss.
+
+Face datasets carry identities unseen in training; at each evaluation
+`evaluate_open_set` runs the verification (LFW) and identification
+(MegaFace) protocols on them, with `feature_step`'s image + mirror features.
 
 With `config.class_shards > 1` the centers and the classifier kernel are
 split along the classes over a `'model'` mesh axis (for 100K+ identities,
@@ -70,6 +78,10 @@ class TrainState(train_state.TrainState):
   rng: jax.Array
 
 
+CLASSIFIER_LOSSES = ('softmax', 'sphereface', 'cosface', 'arcface')
+PAIR_LOSSES = ('none', 'contrastive', 'triplet')
+
+
 @dataclasses.dataclass(frozen=True)
 class ClassifierLoss:
   """How the model's class scores become the classification loss.
@@ -80,7 +92,7 @@ class ClassifierLoss:
       classifier's outputs, given a margin at the label by
       `losses.margin.margin_logits`.
     hparams: that function's keyword arguments as sorted (name, value)
-      pairs (a tuple, so the step stays hashable), e.g.
+      pairs (a tuple keeps the dataclass frozen and comparable), e.g.
       (('margin', 0.5), ('scale', 64.0)).
   """
   kind: str = 'softmax'
@@ -88,7 +100,7 @@ class ClassifierLoss:
 
   @classmethod
   def from_config(cls, loss_config: ml_collections.ConfigDict
-                  ) -> 'ClassifierLoss':
+                  ) -> ClassifierLoss:
     """From `config.loss` (`classifier`, `margin`, `scale`, ...)."""
     kind = loss_config.classifier
     if kind not in CLASSIFIER_LOSSES:
@@ -122,10 +134,6 @@ class ClassifierLoss:
                                     **dict(self.hparams))
 
 
-CLASSIFIER_LOSSES = ('softmax', 'sphereface', 'cosface', 'arcface')
-PAIR_LOSSES = ('none', 'contrastive', 'triplet')
-
-
 @dataclasses.dataclass(frozen=True)
 class PairLoss:
   """A metric-learning term on the global batch, added to Eq. 5.
@@ -151,7 +159,7 @@ class PairLoss:
 
   @classmethod
   def from_config(cls, loss_config: ml_collections.ConfigDict
-                  ) -> Optional['PairLoss']:
+                  ) -> Optional[PairLoss]:
     """From `config.loss.pair*`; None for `pair='none'`."""
     kind = loss_config.pair
     if kind not in PAIR_LOSSES:
@@ -168,8 +176,11 @@ class PairLoss:
                float(loss_config.pair_margin), bool(loss_config.pair_normalize))
 
   def sums(self, features: jax.Array, labels: jax.Array, weights: jax.Array,
-           axis_name: Optional[str]) -> tuple[jax.Array, jax.Array]:
-    """(this replica's loss sum, the global pair or anchor count)."""
+           axis_name: Optional[str]
+           ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """This replica's loss sum; the global pair (or anchor) count; and this
+    replica's positives: same-identity pairs (contrastive) or anchors that
+    have one (triplet), which random batches of many identities make rare."""
     if axis_name is None:
       candidates, offset = (features, labels, weights), None
     else:
@@ -180,13 +191,13 @@ class PairLoss:
       out = contrastive.contrastive_loss_sums(
           features, labels, weights, *candidates, margin=self.margin,
           anchor_offset=offset, normalize=self.normalize)
-      count = out['num_pairs']
+      count, positives = out['num_pairs'], out['num_positive_pairs']
     else:
       out = triplet.batch_hard_triplet_loss_sums(
           features, labels, weights, *candidates, margin=self.margin,
           anchor_offset=offset, normalize=self.normalize)
-      count = out['num_anchors']
-    return out['loss'], psum(count, axis_name)
+      count = positives = out['num_anchors']
+    return out['loss'], psum(count, axis_name), positives
 
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int, *,
@@ -365,7 +376,7 @@ def _sum_metrics(features, labels, weights, *, num_classes, cross_entropy,
     labels: (b,) their labels.
     weights: (b,) their weights, before masking invalid labels.
     num_classes: C, all shards together.
-    cross_entropy: (b,) per-example softmax cross-entropy.
+    cross_entropy: (b,) per-example cross-entropy (softmax or margin).
     correct: (b,) bool, argmax == label.
     center_distances: (b,) center-loss terms, already weighted (with invalid
       labels masked).
@@ -454,10 +465,11 @@ def train_step(state: TrainState, batch: Batch, *, center_loss_weight: float,
             + center_loss_weight * jnp.sum(distances) / total_weight)
     pair_terms = {}
     if pair_loss is not None:
-      pair_sum, pair_count = pair_loss.sums(features, labels, weights,
-                                            axis_name)
+      pair_sum, pair_count, positives = pair_loss.sums(
+          features, labels, weights, axis_name)
       loss += pair_loss.weight * pair_sum / jnp.maximum(pair_count, 1)
-      pair_terms = {'pair_loss': pair_sum, 'pair_count': pair_count}
+      pair_terms = {'pair_loss': pair_sum, 'pair_count': pair_count,
+                    'pair_positives': positives}
     # The per-example terms come back for the metrics, not computed twice.
     return loss, (features, logits, batch_stats, ce, distances, pair_terms)
 
@@ -474,9 +486,11 @@ def train_step(state: TrainState, batch: Batch, *, center_loss_weight: float,
       cross_entropy=ce, correct=jnp.argmax(logits, -1) == labels,
       center_distances=distances, axis_name=axis_name)
   if pair_terms:
-    # The count is already global; the loss sums are per replica.
+    # The count is already global; the other sums are per replica.
     metrics['pair_loss'] = psum(pair_terms['pair_loss'], axis_name)
     metrics['pair_count'] = pair_terms['pair_count']
+    # Summarised per example: how much the pair term has to work with.
+    metrics['pair_positives'] = psum(pair_terms['pair_positives'], axis_name)
   if axis_name is not None and state.batch_stats:
     batch_stats = jax.lax.pmean(batch_stats, axis_name)
   state = state.apply_gradients(grads=grads, centers=centers,
@@ -667,8 +681,9 @@ def feature_step(state: TrainState, batch: Batch, *, mirror: bool,
   2b images rather than two passes.
 
   Returns:
-    ({} (no metrics), {'feature': (b, D or 2D), 'weight': (b,)}), in the
-    `(metrics, outputs)` form of `DataParallel.compile_eval_step`.
+    ({} (no metrics), {'feature': (b, D or 2D), 'index': the batch's
+    'label' (`extract_features` passes each image's index there), 'weight'}),
+    in the `(metrics, outputs)` form of `DataParallel.compile_eval_step`.
   """
   del axis_name  # Per-example: nothing to reduce.
   params = state.params
@@ -680,47 +695,77 @@ def feature_step(state: TrainState, batch: Batch, *, mirror: bool,
   features, _, _ = _apply_model(state, params, images, train=False)
   if mirror:
     features = jnp.concatenate(jnp.split(features, 2), axis=-1)
-  return {}, {'feature': features, 'weight': batch['weight']}
+  return {}, {'feature': features, 'index': batch['label'],
+              'weight': batch['weight']}
 
 
-def evaluate_open_set(dp: parallel.DataParallel, state: TrainState,
-                      dataset: input_pipeline.Dataset,
+def compile_feature_step(dp: parallel.DataParallel,
+                         config: ml_collections.ConfigDict):
+  """`feature_step` compiled once for `dp`, mirroring as the config says."""
+  return dp.compile_eval_step(functools.partial(
+      feature_step, mirror=config.evaluation.mirror,
+      class_sharded=config.get('class_shards', 1) > 1))
+
+
+def extract_features(feature_fn, dp: parallel.DataParallel, state: TrainState,
+                     images: Any, *, batch_size: int) -> np.ndarray:
+  """Test features of uint8 images, on every process.
+
+  Args:
+    feature_fn: from `compile_feature_step`.
+    dp: the DataParallel `state` is laid out for.
+    state: the (placed) train state.
+    images: uint8 (N, H, W, C), an ndarray or a lazy array-like
+      (`face_data.ImageFiles`); each process reads only its share of a batch.
+    batch_size: the global batch size.
+
+  Returns:
+    float32 (N, F) features, row i of image i (placed by each example's
+    index, so a mesh that interleaves processes cannot reorder them).
+  """
+  num_images = len(images)
+  split = input_pipeline.Split(
+      images=images, labels=np.arange(num_images, dtype=np.int32),
+      name='features')
+  features = None
+  for batch in input_pipeline.epoch_batches(
+      split, global_batch_size=batch_size, epoch=0, seed=0, shuffle=False,
+      process_index=jax.process_index(), process_count=jax.process_count()):
+    _, outputs = feature_fn(state, dp.put_batch(batch))
+    outputs = parallel.fetch_global(outputs)
+    if features is None:
+      features = np.zeros((num_images, outputs['feature'].shape[-1]),
+                          np.float32)
+    real = outputs['weight'] > 0
+    features[outputs['index'][real]] = outputs['feature'][real]
+  return features
+
+
+def evaluate_open_set(feature_fn, dp: parallel.DataParallel,
+                      state: TrainState, dataset: input_pipeline.Dataset,
                       config: ml_collections.ConfigDict
                       ) -> tuple[dict[str, float], dict[str, Any]]:
   """Verification and identification on the dataset's unseen identities.
 
   Args:
+    feature_fn: from `compile_feature_step`.
     dp: the DataParallel `state` is laid out for.
     state: the (placed) train state.
     dataset: with `verification` and/or `identification` sets.
     config: the experiment config (`evaluation`, `batch_size`, ...).
 
   Returns:
-    (flat metrics named '<set>/<metric>', e.g. 'lfw/accuracy', and the ROC
-    curves {set name: (far, tar)} for `verification.plot_roc`), both empty
-    when the dataset has neither set.
+    Flat metrics named '<set>/<metric>' (e.g. 'lfw/accuracy') and the curves
+    `{'roc': {set: (far, tar)}, 'cmc': {set: cmc}}` (see
+    `evaluation.open_set_metrics`); both empty when the dataset has neither
+    set.
   """
   if dataset.verification is None and dataset.identification is None:
     return {}, {}
-  feature_fn = dp.compile_eval_step(functools.partial(
-      feature_step, mirror=config.evaluation.mirror,
-      class_sharded=config.get('class_shards', 1) > 1))
-
-  def extract(images) -> np.ndarray:
-    split = input_pipeline.Split(
-        images=images, labels=np.zeros(len(images), np.int32),
-        name='features')
-    features = []
-    for batch in input_pipeline.epoch_batches(
-        split, global_batch_size=config.batch_size, epoch=0, seed=0,
-        shuffle=False, process_index=jax.process_index(),
-        process_count=jax.process_count()):
-      _, outputs = feature_fn(state, dp.put_batch(batch))
-      outputs = parallel.fetch_global(outputs)
-      features.append(outputs['feature'][outputs['weight'] > 0])
-    return np.concatenate(features)
-
-  return evaluation.open_set_metrics(extract, dataset, config.evaluation)
+  return evaluation.open_set_metrics(
+      functools.partial(extract_features, feature_fn, dp, state,
+                        batch_size=config.batch_size),
+      dataset, config.evaluation)
 
 
 def step_functions(config: ml_collections.ConfigDict):
@@ -744,7 +789,13 @@ def step_functions(config: ml_collections.ConfigDict):
 
 
 def summarize(metric_sums: Metrics) -> dict[str, float]:
-  """Turns accumulated metric sums into means (and the invalid-label count)."""
+  """Turns accumulated metric sums into means (and the invalid-label count).
+
+  Per-example metrics are divided by the summed weight (so 'pair_positives'
+  is same-identity pairs, or triplet anchors, per example); 'pair_loss' by
+  the summed pair (or anchor) count, so over several steps it is the mean
+  per pair, not a mean of per-step means.
+  """
   sums = parallel.fetch_replicated(metric_sums)
   weight = max(float(sums['weight']), 1e-12)
   out = {k: float(v) / weight for k, v in sums.items()
@@ -785,19 +836,21 @@ def _evaluate(eval_fn, dp, state, split, config) -> dict[str, Any]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
-  """Trains with softmax + center loss, evaluating, checkpointing, plotting.
+  """Trains `config`'s objective, evaluating, checkpointing, plotting.
 
   Resumes from the latest checkpoint in `workdir/checkpoints` if there is one.
-  Writes `metrics.jsonl`, TensorBoard event files and (for 2-D features)
-  `features_step_<N>.png` into `workdir`. SIGTERM (preemption) saves a
-  checkpoint before returning.
+  Writes `metrics.jsonl`, TensorBoard event files, for 2-D features
+  `features_step_<N>.png`, and for face datasets with verification pairs
+  `roc_step_<N>.png` and `roc.npz` (the latest ROC) into `workdir`. SIGTERM
+  (preemption) saves a checkpoint before returning.
 
   Args:
     config: the experiment config (see configs/default.py).
     workdir: directory for checkpoints, metrics and plots.
 
   Returns:
-    The final evaluation metrics on the test split.
+    The final evaluation metrics: the closed-set test split's, and the
+    open-set ones named '<set>/<metric>' (e.g. 'lfw/accuracy').
 
   Raises:
     NonFiniteLossError: the loss became NaN/inf; the last good checkpoint is
@@ -842,6 +895,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   train_step_fn, eval_step_fn = step_functions(config)
   train_fn = dp.compile_train_step(train_step_fn)
   eval_fn = dp.compile_eval_step(eval_step_fn)
+  feature_fn = (compile_feature_step(dp, config)
+                if dataset.verification or dataset.identification else None)
   augment_fn = input_pipeline.make_augment_fn(
       crop_padding=config.input.crop_padding, flip=config.input.flip)
 
@@ -901,8 +956,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                            (num_steps - step) / summary['steps_per_second']))
           interval, interval_start = [], time.perf_counter()
         if step % eval_every == 0 or step == num_steps:
-          final = _evaluate_and_write(eval_fn, dp, state, dataset, config,
-                                      writer, workdir, step)
+          final = _evaluate_and_write(eval_fn, feature_fn, dp, state,
+                                      dataset, config, writer, workdir, step)
         save_checkpoint(step, force=step == num_steps)
         if not interval:  # Steps/s measures training, not eval or saving.
           interval_start = time.perf_counter()
@@ -913,8 +968,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                       'stopping; rerun with the same workdir to resume.', step)
       save_checkpoint(step, force=True)
     elif final is None:  # Resumed after the end: evaluate what was restored.
-      final = _evaluate_and_write(eval_fn, dp, state, dataset, config, writer,
-                                  workdir, step)
+      final = _evaluate_and_write(eval_fn, feature_fn, dp, state, dataset,
+                                  config, writer, workdir, step)
   finally:
     signal.signal(signal.SIGTERM, previous_handler)
     manager.wait_until_finished()
@@ -948,28 +1003,30 @@ def _all_finite(tree) -> jax.Array:
                             for x in jax.tree.leaves(tree)]))
 
 
-def _evaluate_and_write(eval_fn, dp, state, dataset, config, writer, workdir,
-                        step) -> dict[str, Any]:
-  """Evaluates on the test split and any open-set (face) sets; writes
-  their metrics, the 2-D feature plot and the ROC plot."""
-  result = _evaluate(eval_fn, dp, state, dataset.test, config)
-  writer.write_scalars(step, {f'test/{k}': v
-                              for k, v in result['metrics'].items()})
-  open_set, roc_curves = evaluate_open_set(dp, state, dataset, config)
-  if open_set:
+def _evaluate_and_write(eval_fn, feature_fn, dp, state, dataset, config,
+                        writer, workdir, step) -> dict[str, Any]:
+  """Evaluates the closed and open sets; writes metrics and plots."""
+  result = {'metrics': {}, 'features': np.zeros((0, 0))}
+  if dataset.test.num_examples:
+    result = _evaluate(eval_fn, dp, state, dataset.test, config)
+    writer.write_scalars(step, {f'test/{k}': v
+                                for k, v in result['metrics'].items()})
+  if feature_fn is not None:
+    open_set, curves = evaluate_open_set(feature_fn, dp, state, dataset,
+                                         config)
     writer.write_scalars(step, open_set)
     logging.info('Open-set metrics at step %d: %s', step, open_set)
     result['metrics'].update(open_set)
-  if roc_curves and jax.process_index() == 0:
-    verification.plot_roc(
-        roc_curves, path=os.path.join(workdir, f'roc_step_{step}.png'),
-        title=f'{config.input.name}, step {step}')
-    # The latest curve as data, for comparisons across runs.
-    far, tar = next(iter(roc_curves.values()))
-    with open(os.path.join(workdir, 'roc.npz.tmp'), 'wb') as f:
-      np.savez(f, far=far, tar=tar, step=step)
-    os.replace(os.path.join(workdir, 'roc.npz.tmp'),
-               os.path.join(workdir, 'roc.npz'))
+    if curves['roc'] and jax.process_index() == 0:
+      verification.plot_roc(
+          curves['roc'], path=os.path.join(workdir, f'roc_step_{step}.png'),
+          title=f'{config.input.name}, step {step}')
+      # The latest curve as data, for comparing runs (face_comparison).
+      far, tar = next(iter(curves['roc'].values()))
+      path = os.path.join(workdir, 'roc.npz')
+      with open(path + '.tmp', 'wb') as f:
+        np.savez(f, far=far, tar=tar, step=step)
+      os.replace(path + '.tmp', path)
   if (config.plot_features and result['features'].shape[1] == 2
       and jax.process_index() == 0):
     image = plotting.save_feature_plot(

@@ -20,30 +20,35 @@ bundled):
    standard 112x96 template (`centerloss_jax.alignment`). Without a
    landmark file images are centre-cropped and resized, which is only
    right for an export that is already aligned at 112x96.
-2. LFW (`<pairs_dir>/<name>/<name>_<NNNN>.jpg`, e.g. the
-   `lfw.tgz` of the LFW site, or TFDS's `lfw` download, which is the same
-   archive), its `pairs.txt` (10 folds x (300 + 300) pairs) and an LFW
-   landmark file in the format above.
+2. LFW (`<pairs_dir>/<name>/<name>_<NNNN>.jpg`, the layout of the LFW
+   site's `lfw.tgz`), its `pairs.txt` (10 folds x (300 + 300) pairs) and an
+   LFW landmark file in the format above.
 3. Point the config at them:
 
   python -m centerloss_jax.main --config=configs/casia_webface_face_resnet.py \
       --workdir=runs/casia_face_resnet \
       --config.input.train_dir=/data/casia/images \
       --config.input.landmarks=/data/casia/landmarks.txt \
-      --config.input.pairs_dir=/data/lfw --config.input.pairs_file=/data/lfw/pairs.txt \
+      --config.input.pairs_dir=/data/lfw \
+      --config.input.pairs_file=/data/lfw/pairs.txt \
       --config.input.pairs_landmarks=/data/lfw/landmarks.txt
 
   then, or on any checkpoint, `python -m centerloss_jax.evaluate` with the
   same flags (add `--config.evaluation.pca_dim=...` for the paper's PCA).
+4. MegaFace-style identification (optional): `--config.input.probe_dir=`
+   (probe identities, one folder each, e.g. FaceScrub) and
+   `--config.input.distractor_dir=` (distractor images at any depth), each
+   with an optional `..._landmarks` list.
 
 On 8 accelerators add `--config.parallel=shard_map` (batch 256 = 32 each).
 
 Expected result: the paper reports 99.28% LFW accuracy for softmax + center
 loss (97.37% softmax only) with its larger training set; public
-reproductions of the Caffe model on CASIA-WebFace report 98.6-98.9%
-(~99.3% with PCA). NOT run here (no accelerator, no CASIA-WebFace on these
-machines), so no measured result is quoted; the `runlocal` variant (a narrow
-network on a tiny folder tree written by the test) is what the tests run.
+reproductions of the Caffe model report 98.6-98.9% (~99.3% with PCA), as
+collected in the project's paper notes. NOT run here (no accelerator, no
+CASIA-WebFace on these machines), so no measured result is quoted; the
+`runlocal` variant (a narrow network on a tiny folder tree written by the
+test) is what the tests run.
 Softmax only: `--config.center_loss.weight=0`; ArcFace:
 `--config.loss.classifier=arcface`.
 """
@@ -70,6 +75,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.input.pairs_file = ml_collections.config_dict.placeholder(str)
   config.input.pairs_landmarks = ml_collections.config_dict.placeholder(str)
   config.input.pairs_name = 'lfw'
+  # MegaFace-style identification (e.g. FaceScrub probes in identity
+  # folders, the MegaFace distractors below one folder); None: none.
+  config.input.probe_dir = ml_collections.config_dict.placeholder(str)
+  config.input.distractor_dir = ml_collections.config_dict.placeholder(str)
+  config.input.probe_landmarks = ml_collections.config_dict.placeholder(str)
+  config.input.distractor_landmarks = (
+      ml_collections.config_dict.placeholder(str))
+  config.input.identification_name = 'megaface'
   config.input.train_subset = ml_collections.config_dict.placeholder(int)
   config.input.test_subset = ml_collections.config_dict.placeholder(int)
   config.input.crop_padding = 0

@@ -35,6 +35,7 @@ from typing import Any, Sequence
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 import numpy as np
 
@@ -82,7 +83,8 @@ def results_table(results: dict[str, dict[str, float]],
   """Markdown table, one row per run."""
   far_keys = sorted(
       {k.split('/', 1)[1] for m in results.values() for k in m
-       if verification_name and k.startswith(f'{verification_name}/tar_at_far')},
+       if verification_name
+       and k.startswith(f'{verification_name}/tar_at_far')},
       key=lambda k: -float(k.rsplit('_', 1)[1]))
   header = ['run']
   if verification_name:
@@ -96,10 +98,11 @@ def results_table(results: dict[str, dict[str, float]],
   for name, m in results.items():
     row = [name]
     if verification_name:
-      v = lambda k: m.get(f'{verification_name}/{k}')
-      row += [f'{100 * v("accuracy"):.2f} +- {100 * v("accuracy_std"):.2f}%',
-              f'{v("auc"):.4f}']
-      row += [_percent(v(k)) for k in far_keys]
+      accuracy = m[f'{verification_name}/accuracy']
+      std = m[f'{verification_name}/accuracy_std']
+      row += [f'{100 * accuracy:.2f} +- {100 * std:.2f}%',
+              f'{m[f"{verification_name}/auc"]:.4f}']
+      row += [_percent(m.get(f'{verification_name}/{k}')) for k in far_keys]
     if identification_name:
       row += [_percent(m.get(f'{identification_name}/rank1'))]
     row += [_percent(m.get('accuracy'))]
@@ -133,6 +136,8 @@ def main(argv: Sequence[str]) -> None:
       (k.split('/')[0] for m in results.values() for k in m
        if k.endswith('/rank1')), None)
   table = results_table(results, verification_name, identification_name)
+  if jax.process_index() != 0:
+    return
   _write_text(os.path.join(root, 'results.md'), table + '\n')
   _write_text(os.path.join(root, 'results.json'),
               json.dumps(results, indent=2, sort_keys=True))

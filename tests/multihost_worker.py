@@ -6,9 +6,10 @@ by it as a script, once per process:
   python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT MODE WORKDIR
       ACTION
 
-ACTION 'train' runs the steps, checkpoints the result into WORKDIR and (on
-process 0) writes WORKDIR/result.npz; 'restore' only restores WORKDIR's
-latest checkpoint and writes it to WORKDIR/restored.npz.
+ACTION 'train' runs the steps, checkpoints the result into WORKDIR, extracts
+the open-set evaluation's features of EVAL_IMAGES and (on process 0) writes
+WORKDIR/result.npz and WORKDIR/features.npy; 'restore' only restores
+WORKDIR's latest checkpoint and writes it to WORKDIR/restored.npz.
 """
 
 import os
@@ -17,6 +18,8 @@ import sys
 NUM_STEPS = 3
 GLOBAL_BATCH = 32
 NUM_CLASSES = 4
+# Not a multiple of the batch: the last batch is padded.
+NUM_EVAL_IMAGES = 37
 
 
 def _state():
@@ -31,6 +34,7 @@ def _state():
     @nn.compact
     def __call__(self, x, train=False):
       del train
+      x = x.reshape((x.shape[0], -1))  # Eval images are (2, 2, 2).
       features = nn.Dense(2)(nn.relu(nn.Dense(16)(x)))
       return features, nn.Dense(NUM_CLASSES)(features)
 
@@ -52,8 +56,8 @@ def _global_batch(step):
           'label': labels, 'weight': np.ones(GLOBAL_BATCH, np.float32)}
 
 
-def train_steps(mode):
-  """Runs NUM_STEPS steps; returns (DataParallel, host state)."""
+def train_steps(mode, *, placed=False):
+  """Runs NUM_STEPS steps; returns (DataParallel, host or placed state)."""
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from centerloss_jax import parallel  # pylint: disable=g-import-not-at-top
@@ -69,7 +73,21 @@ def train_steps(mode):
     batch = {k: v[begin:begin + share]
              for k, v in _global_batch(step).items()}
     state, _ = step_fn(state, dp.put_batch(batch))
-  return dp, dp.host_state(state)
+  return dp, state if placed else dp.host_state(state)
+
+
+def eval_features(dp, placed_state):
+  """The open-set evaluation's features (image + mirror) of fixed images."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from centerloss_jax import train  # pylint: disable=g-import-not-at-top
+
+  images = np.random.default_rng(7).integers(
+      0, 256, (NUM_EVAL_IMAGES, 2, 2, 2)).astype(np.uint8)
+  config = ml_collections.ConfigDict({'evaluation': {'mirror': True}})
+  return train.extract_features(train.compile_feature_step(dp, config), dp,
+                                placed_state, images,
+                                batch_size=GLOBAL_BATCH)
 
 
 def to_numpy(state):
@@ -97,7 +115,11 @@ def main(process_id, num_processes, port, mode, workdir, action):
   assert jax.device_count() == 4 * num_processes
   manager = checkpointing.create_manager(workdir, max_to_keep=1)
   if action == 'train':
-    _, state = train_steps(mode)
+    dp, placed = train_steps(mode, placed=True)
+    features = eval_features(dp, placed)
+    if process_id == 0:
+      np.save(os.path.join(workdir, 'features.npy'), features)
+    state = dp.host_state(placed)
     checkpointing.save(manager, state, step=NUM_STEPS,
                        data_position={'epoch': 0, 'step_in_epoch': NUM_STEPS})
     name = 'result.npz'

@@ -11,6 +11,7 @@ from PIL import Image
 import pytest
 
 from centerloss_jax import alignment
+from centerloss_jax import evaluate
 from centerloss_jax import synthetic_faces
 from centerloss_jax import train
 from configs import casia_webface_face_resnet
@@ -36,7 +37,8 @@ def test_synthetic_run_reports_open_set_metrics(synthetic_run):
   workdir, metrics = synthetic_run
   config = synthetic_faces_config.get_config('runlocal')
   # runlocal: 20 verification identities, 10 folds of 2 + 2 pairs.
-  assert metrics['synthetic_pairs/num_pairs'] == 10 * config.input.pairs_per_fold
+  assert (metrics['synthetic_pairs/num_pairs']
+          == 10 * config.input.pairs_per_fold)
   assert 0.0 <= metrics['synthetic_pairs/accuracy'] <= 1.0
   assert 0.0 <= metrics['synthetic_pairs/auc'] <= 1.0
   # 4 probe identities x 2 images: each image probes with the other as mate.
@@ -66,18 +68,23 @@ def test_evaluate_cli_reproduces_the_trainers_metrics(synthetic_run,
   with open(tmp_path / 'evaluation.json') as f:
     evaluated = json.load(f)
   open_set = {k: v for k, v in metrics.items() if '/' in k}
+  cmc = evaluated.pop('synthetic_identification/cmc')
   assert set(evaluated) == set(open_set) | {'step'}
   for key, value in open_set.items():
     assert evaluated[key] == pytest.approx(value, abs=1e-6), key
+  config = synthetic_faces_config.get_config('runlocal')
+  assert len(cmc) == config.evaluation.max_rank
+  assert cmc[0] == pytest.approx(metrics['synthetic_identification/rank1'])
+  assert cmc[9] == pytest.approx(metrics['synthetic_identification/rank10'])
+  assert list(cmc) == sorted(cmc)
   assert os.path.getsize(tmp_path / 'roc.png') > 5_000
 
 
-def test_evaluate_cli_without_checkpoint_says_so(tmp_path):
-  with pytest.raises(subprocess.CalledProcessError) as error:
-    _run_module('centerloss_jax.evaluate',
-                '--config=configs/synthetic_faces.py:runlocal',
-                f'--workdir={tmp_path}')
-  assert 'No checkpoint under' in error.value.stderr
+def test_evaluate_without_checkpoint_says_so(tmp_path):
+  config = synthetic_faces_config.get_config('runlocal')
+  with pytest.raises(FileNotFoundError, match='No checkpoint under'):
+    evaluate.evaluate_checkpoint(config, str(tmp_path))
+  assert not (tmp_path / 'checkpoints').exists()
 
 
 def _write_face_folders(root, *, num_identities, images_per_identity, seed,
@@ -118,7 +125,15 @@ def test_casia_config_runs_on_identity_folders_and_lfw_pairs(tmp_path):
       'person_0\t1\tperson_1\t1\n'
       'person_2\t1\t2\n'
       'person_2\t2\tperson_3\t1\n')
+  # MegaFace layout: probe identities in folders, distractors nested anyhow.
+  probe_dir, distractor_dir = tmp_path / 'facescrub', tmp_path / 'megaface'
+  _write_face_folders(str(probe_dir), num_identities=3, images_per_identity=2,
+                      seed=0, first_identity=2000)
+  _write_face_folders(str(distractor_dir / 'nested'), num_identities=5,
+                      images_per_identity=1, seed=0, first_identity=3000)
   config = casia_webface_face_resnet.get_config('runlocal')
+  config.input.probe_dir = str(probe_dir)
+  config.input.distractor_dir = str(distractor_dir)
   config.input.train_dir = str(train_dir)
   config.input.landmarks = str(train_dir / 'landmarks.txt')
   config.input.pairs_dir = str(lfw_dir)
@@ -126,6 +141,10 @@ def test_casia_config_runs_on_identity_folders_and_lfw_pairs(tmp_path):
   config.input.pairs_landmarks = str(lfw_dir / 'landmarks.txt')
   metrics = train.train_and_evaluate(config, str(tmp_path / 'run'))
   assert metrics['lfw/num_pairs'] == 4
+  # 3 probe identities x 2 images, each the other's mate; 5 distractors.
+  assert metrics['megaface/num_pairs'] == 6
+  assert metrics['megaface/num_distractors'] == 5
+  assert 0.0 <= metrics['megaface/rank1'] <= metrics['megaface/rank5'] <= 1.0
   assert 0.0 <= metrics['lfw/accuracy'] <= 1.0
   assert metrics['num_examples'] == 8  # The last image of each identity.
   assert np.isfinite(metrics['cross_entropy'])

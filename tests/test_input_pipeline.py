@@ -195,7 +195,8 @@ def test_load_dataset_rejects_labels_beyond_num_classes(tmp_path):
 
 
 def test_load_dataset_unknown_source_names_it_and_the_choices():
-  with pytest.raises(ValueError, match=r"'csv'.*\('idx', 'tfds'\)"):
+  with pytest.raises(ValueError, match=r"'csv'.*\('idx', 'tfds', "
+                     r"'synthetic_faces', 'identity_folders'\)"):
     ip.load_dataset(config(source='csv'))
 
 

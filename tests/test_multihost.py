@@ -43,14 +43,26 @@ def single_process_result():
   return multihost_worker.to_numpy(state)
 
 
+@pytest.fixture(scope='module')
+def single_process_features():
+  """The evaluation features after training, 1 process x 8 devices."""
+  dp, placed = multihost_worker.train_steps('shard_map', placed=True)
+  return multihost_worker.eval_features(dp, placed)
+
+
 @pytest.mark.parametrize('mode', ['shard_map', 'pmap'])
 def test_two_processes_match_one_process(mode, single_process_result,
-                                         tmp_path):
+                                         single_process_features, tmp_path):
   _run_two_processes(mode, tmp_path, 'train')
   result = dict(np.load(tmp_path / 'result.npz'))
   assert result['step'] == multihost_worker.NUM_STEPS
   assert np.abs(result['centers']).max() > 0, 'centers never moved'
   _assert_same(result, single_process_result, f'2x4 {mode} vs 1x8')
+  # Open-set evaluation: every example's features, in order, on each process.
+  features = np.load(tmp_path / 'features.npy')
+  assert features.shape == (multihost_worker.NUM_EVAL_IMAGES, 4)
+  np.testing.assert_allclose(features, single_process_features, rtol=1e-5,
+                             atol=1e-6)
 
 
 def test_checkpoint_moves_between_process_layouts(single_process_result,

@@ -108,12 +108,6 @@ def check_anchor_candidate_split(anchor_features, candidate_features,
         f'{anchor_offset}.')
 
 
-def l2_normalize(features: Array) -> Array:
-  """Rows scaled to unit L2 norm; a zero row stays zero, with gradient 0."""
-  squared = jnp.sum(features * features, axis=-1, keepdims=True)
-  return features * jax.lax.rsqrt(jnp.maximum(squared, _TINY))
-
-
 def prepare_rows(features: Array, labels: Array, weights: Optional[Array],
                  normalize: bool) -> tuple[Array, Array, Array]:
   """float32 features, int32 labels and float32 weights of pair-loss rows.
@@ -142,7 +136,8 @@ def prepare_rows(features: Array, labels: Array, weights: Optional[Array],
   features = jnp.where((weights > 0)[:, None], features.astype(jnp.float32),
                        0.0)
   if normalize:
-    features = l2_normalize(features)
+    # A floor of 1e-12 on the squared norm: zero rows stay zero.
+    features = loss_lib.l2_normalize(features, epsilon=1e-6)
   return features, labels, weights
 
 

@@ -22,6 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from centerloss_jax import loss as loss_lib
+
 CLASSIFIERS = ('linear', 'cosine')
 
 
@@ -37,27 +39,6 @@ def check_classifier(classifier: str) -> None:
   if classifier not in CLASSIFIERS:
     raise ValueError(
         f'Unknown classifier {classifier!r}; expected one of {CLASSIFIERS}.')
-
-
-def l2_normalize(x: jax.Array, axis: int = -1,
-                 epsilon: float = 1e-12) -> jax.Array:
-  """Scales `x` to unit L2 norm along `axis`; a zero vector stays zero.
-
-  The squared norm is floored at `epsilon**2` rather than adding `epsilon` to
-  the norm: vectors of ordinary size come out exactly unit length (so cosines
-  stay within [-1, 1]), and neither the value nor the gradient is NaN at zero
-  (the gradient of `sqrt` is infinite there, that of the sum of squares is 0).
-
-  Args:
-    x: the array to normalise.
-    axis: the axis holding the vectors.
-    epsilon: norms below this are treated as `epsilon`.
-
-  Returns:
-    `x / max(||x||, epsilon)`, same shape and dtype as `x`.
-  """
-  squared_norm = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(squared_norm, epsilon**2))
 
 
 class CosineClassifier(nn.Module):
@@ -86,9 +67,9 @@ class CosineClassifier(nn.Module):
     """
     kernel = self.param('kernel', self.kernel_init,
                         (features.shape[-1], self.num_classes), jnp.float32)
-    unit_features = l2_normalize(features.astype(jnp.float32),
+    unit_features = loss_lib.l2_normalize(features.astype(jnp.float32),
                                  epsilon=self.epsilon)
-    unit_kernel = l2_normalize(kernel, axis=0, epsilon=self.epsilon)
+    unit_kernel = loss_lib.l2_normalize(kernel, axis=0, epsilon=self.epsilon)
     cosines = jnp.dot(unit_features, unit_kernel,
                       precision=jax.lax.Precision.HIGHEST)
     # Rounding can leave |cos| a few ulps above 1, and arccos in the
