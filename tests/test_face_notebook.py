@@ -1,12 +1,13 @@
 """The face verification notebook runs (tiny) and is committed clean."""
 
-import ast
 import json
 import os
 import sys
 
 import numpy as np
 import pytest
+
+import notebook_util
 
 nbformat = pytest.importorskip('nbformat')
 nbclient = pytest.importorskip('nbclient')
@@ -62,24 +63,6 @@ def _read_notebook():
   return nbformat.read(NOTEBOOK, as_version=4)
 
 
-def _cells_tagged(notebook, tag):
-  return [cell for cell in notebook.cells
-          if tag in cell.get('metadata', {}).get('tags', [])]
-
-
-def _parameter_names(source):
-  """Names assigned by a cell made only of plain `NAME = value` lines."""
-  names = []
-  for statement in ast.parse(source).body:
-    assert isinstance(statement, ast.Assign), (
-        f'parameters cell must only assign constants, found '
-        f'{ast.dump(statement)[:80]}')
-    for target in statement.targets:
-      assert isinstance(target, ast.Name), ast.dump(target)
-      names.append(target.id)
-  return names
-
-
 def _png_count(cell):
   return sum('image/png' in output.get('data', {}) for output in cell.outputs)
 
@@ -91,31 +74,17 @@ def _markdown(cell):
 
 def test_committed_notebook_has_no_outputs():
   notebook = _read_notebook()
-  nbformat.validate(notebook)
+  notebook_util.assert_committed_clean(notebook)
   assert notebook.cells[0].cell_type == 'markdown', 'starts with an intro'
-  for index, cell in enumerate(notebook.cells):
-    if cell.cell_type != 'code':
-      continue
-    assert cell.outputs == [], f'code cell {index} has committed outputs'
-    assert cell.execution_count is None, (
-        f'code cell {index} has execution_count {cell.execution_count}')
 
 
 def test_parameters_cell_is_plain_assignments():
-  notebook = _read_notebook()
-  cells = _cells_tagged(notebook, 'parameters')
-  assert len(cells) == 1, 'exactly one cell tagged "parameters"'
-  names = _parameter_names(cells[0].source)
-  assert sorted(names) == sorted(_tiny_parameters(None)), (
-      'the notebook\'s parameters and the tiny values this test sets differ')
-
+  notebook_util.assert_parameters_are(_read_notebook(), _tiny_parameters(None))
 
 def test_notebook_runs_at_tiny_size(tmp_path):
   notebook = _read_notebook()
   parameters = _tiny_parameters(str(tmp_path / 'runs'))
-  (cell,) = _cells_tagged(notebook, 'parameters')
-  cell.source = '\n'.join(f'{name} = {value!r}'
-                          for name, value in parameters.items())
+  notebook_util.set_parameters(notebook, parameters)
   notebook.cells.append(nbformat.v4.new_code_cell(_CHECK_CELL))
 
   client = nbclient.NotebookClient(
@@ -135,19 +104,19 @@ def test_notebook_runs_at_tiny_size(tmp_path):
           report['device_count']) == (sys.executable, 'cpu', 8)
 
   weights = parameters['CENTER_LOSS_WEIGHTS']
-  table = _markdown(_cells_tagged(notebook, 'metrics-table')[0])
+  table = _markdown(notebook_util.cells_tagged(notebook, 'metrics-table')[0])
   assert 'verification accuracy' in table, f'no metrics table: {table!r}'
   assert table.count('\n| ') == len(weights), table
   for weight in weights:
     assert f'\n| {weight:g} | ' in table, (weight, table)
-  lambda_table = _markdown(_cells_tagged(notebook, 'lambda-effect')[0])
+  lambda_table = _markdown(notebook_util.cells_tagged(notebook, 'lambda-effect')[0])
   assert lambda_table.count('\n| ') == len(weights), lambda_table
 
   # One figure per plot, and one hardest-pairs figure per lambda.
   for tag, figures in (('roc', 1), ('score-histograms', 1),
                        ('hardest-pairs', len(weights)),
                        ('lambda-effect', 1)):
-    (cell,) = _cells_tagged(notebook, tag)
+    (cell,) = notebook_util.cells_tagged(notebook, tag)
     assert _png_count(cell) == figures, f'cell {tag!r}: {cell.outputs}'
 
   is_same = np.array(report['is_same'])

@@ -1,10 +1,11 @@
 """The tour notebook runs end to end (at a tiny size) and is committed clean."""
 
-import ast
 import os
 import sys
 
 import pytest
+
+import notebook_util
 
 nbformat = pytest.importorskip('nbformat')
 nbclient = pytest.importorskip('nbclient')
@@ -36,50 +37,18 @@ def _read_tour():
   return nbformat.read(TOUR, as_version=4)
 
 
-def _cells_tagged(notebook, tag):
-  return [cell for cell in notebook.cells
-          if tag in cell.get('metadata', {}).get('tags', [])]
-
-
-def _parameter_names(source):
-  """Names assigned by a cell made only of plain `NAME = value` lines."""
-  names = []
-  for statement in ast.parse(source).body:
-    assert isinstance(statement, ast.Assign), (
-        f'parameters cell must only assign constants, found '
-        f'{ast.dump(statement)[:80]}')
-    for target in statement.targets:
-      assert isinstance(target, ast.Name), ast.dump(target)
-      names.append(target.id)
-  return names
-
-
 def test_committed_notebook_has_no_outputs():
   notebook = _read_tour()
-  nbformat.validate(notebook)
-  for index, cell in enumerate(notebook.cells):
-    if cell.cell_type != 'code':
-      continue
-    assert cell.outputs == [], f'code cell {index} has committed outputs'
-    assert cell.execution_count is None, (
-        f'code cell {index} has execution_count {cell.execution_count}')
+  notebook_util.assert_committed_clean(notebook)
 
 
 def test_parameters_cell_is_plain_assignments():
-  notebook = _read_tour()
-  cells = _cells_tagged(notebook, 'parameters')
-  assert len(cells) == 1, 'exactly one cell tagged "parameters"'
-  names = _parameter_names(cells[0].source)
-  assert sorted(names) == sorted(_tiny_parameters(None, None)), (
-      'the notebook\'s parameters and the tiny values this test sets differ')
-
+  notebook_util.assert_parameters_are(_read_tour(), _tiny_parameters(None, None))
 
 def test_tour_runs_at_tiny_size(tiny_idx_dir, tmp_path):
   notebook = _read_tour()
   parameters = _tiny_parameters(tiny_idx_dir, str(tmp_path / 'runs'))
-  (cell,) = _cells_tagged(notebook, 'parameters')
-  cell.source = '\n'.join(f'{name} = {value!r}'
-                          for name, value in parameters.items())
+  notebook_util.set_parameters(notebook, parameters)
   # Which interpreter and environment the kernel got: the venv running the
   # tests, with the fake-device CPU set-up of conftest.py.
   notebook.cells.append(nbformat.v4.new_code_cell(
@@ -102,10 +71,10 @@ def test_tour_runs_at_tiny_size(tiny_idx_dir, tmp_path):
       'environment')
 
   for tag in ('center-trajectories', 'feature-plots'):
-    (cell,) = _cells_tagged(notebook, tag)
+    (cell,) = notebook_util.cells_tagged(notebook, tag)
     assert any('image/png' in output.get('data', {})
                for output in cell.outputs), f'no figure in cell {tag!r}'
-  (table,) = _cells_tagged(notebook, 'metrics-table')
+  (table,) = notebook_util.cells_tagged(notebook, 'metrics-table')
   text = ''.join(output.get('data', {}).get('text/markdown', '')
                  for output in table.outputs)
   assert 'spread_to_separation' in text, f'no metrics table: {table.outputs}'
