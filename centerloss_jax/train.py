@@ -865,11 +865,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       config.parallel, model_shards=config.get('class_shards', 1))
   dp.check_batch_size(config.batch_size)
 
+  # K > 0: P x K batches for the pair losses (an epoch then leaves out each
+  # identity's remainder of images, n % K, drawn anew every epoch).
+  images_per_identity = config.get('batch_images_per_identity', 0)
+  epoch_examples = dataset.train.num_examples
+  if images_per_identity:
+    epoch_examples = input_pipeline.balanced_epoch_length(
+        dataset.train.labels, images_per_identity)
   steps_per_epoch = input_pipeline.steps_per_epoch(
-      dataset.train.num_examples, config.batch_size, drop_remainder=True)
+      epoch_examples, config.batch_size, drop_remainder=True)
   if steps_per_epoch == 0:
     raise ValueError(f'batch_size {config.batch_size} exceeds the '
-                     f'{dataset.train.num_examples} training examples.')
+                     f'{epoch_examples} training examples of an epoch.')
   num_steps = (config.num_train_steps if config.num_train_steps > 0 else
                int(math.ceil(config.num_epochs * steps_per_epoch)))
   eval_every = (config.eval_every_steps if config.eval_every_steps > 0
@@ -938,7 +945,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           dataset.train, global_batch_size=config.batch_size,
           epoch=position['epoch'], seed=config.seed, shuffle=True,
           start_step=position['step_in_epoch'], augment_fn=augment_fn,
-          drop_remainder=True, process_index=jax.process_index(),
+          drop_remainder=True, images_per_identity=images_per_identity,
+          process_index=jax.process_index(),
           process_count=jax.process_count())
       for batch in batches:
         state, metrics = train_fn(state, dp.put_batch(batch))

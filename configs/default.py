@@ -81,6 +81,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.warmup_epochs = 0.0
 
   config.batch_size = 128                # Global batch, across all devices.
+  # K > 0: batches of batch_size / K identities with K images each (P x K),
+  # which the pair losses (loss.pair) need; 0: random batches.
+  config.batch_images_per_identity = 0
   # One epoch, 468 steps: about 5 minutes on a 2-core CPU.
   config.num_epochs = 1.0
   config.num_train_steps = -1            # > 0 overrides num_epochs.

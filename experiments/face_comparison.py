@@ -5,9 +5,13 @@ in its own workdir (an interrupted comparison resumes where it stopped),
 and evaluates every run on identities unseen in training:
 
   softmax             softmax only (center_loss.weight = 0)
-  softmax+contrastive softmax + contrastive loss (the paper's comparison)
+  softmax+contrastive softmax + contrastive loss (the paper's comparison),
+                      on P x K batches
   softmax+center      softmax + center loss (the paper's method)
   arcface             ArcFace margin softmax, no center loss
+
+and, when asked for with `--runs`, softmax+triplet (batch-hard, P x K) and
+softmax+contrastive-random-batches (the contrastive loss on random batches).
 
 then writes into `--workdir`:
 
@@ -44,18 +48,26 @@ from centerloss_jax import verification
 from centerloss_jax import writers
 
 # Each run: the config overrides that define its objective. The center-loss
-# weight and alpha of 'softmax+center' are the base config's.
+# weight and alpha of 'softmax+center' are the base config's. The pair
+# losses get P x K batches (K = 4 images of each of batch / 4 identities):
+# in random batches of many identities almost no pair is positive.
+_PAIRS = {'center_loss.weight': 0.0, 'batch_images_per_identity': 4}
 RUNS: dict[str, dict[str, Any]] = {
     'softmax': {'center_loss.weight': 0.0},
-    'softmax+contrastive': {'center_loss.weight': 0.0,
-                            'loss.pair': 'contrastive'},
+    'softmax+contrastive': {**_PAIRS, 'loss.pair': 'contrastive'},
     'softmax+center': {},
     'arcface': {'center_loss.weight': 0.0, 'loss.classifier': 'arcface'},
+    # Not run by default:
+    'softmax+contrastive-random-batches': {'center_loss.weight': 0.0,
+                                           'loss.pair': 'contrastive'},
+    'softmax+triplet': {**_PAIRS, 'loss.pair': 'triplet'},
 }
+DEFAULT_RUNS = ('softmax', 'softmax+contrastive', 'softmax+center', 'arcface')
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Root of the runs.',
                                required=True)
-_RUNS = flags.DEFINE_list('runs', list(RUNS), f'Runs, among {list(RUNS)}.')
+_RUNS = flags.DEFINE_list('runs', list(DEFAULT_RUNS),
+                          f'Runs, among {list(RUNS)}.')
 config_flags.DEFINE_config_file('config', 'configs/synthetic_faces.py',
                                 'Base face config.', lock_config=True)
 

@@ -154,18 +154,22 @@ def test_face_comparison_writes_table_and_roc(tmp_path):
   result = _run_module(
       'experiments.face_comparison',
       '--config=configs/synthetic_faces.py:runlocal',
-      '--config.num_epochs=1', '--runs=softmax,arcface',
+      '--config.num_epochs=1', '--runs=softmax+triplet,arcface',
       f'--workdir={tmp_path}')
   with open(tmp_path / 'results.md') as f:
     rows = [line.split('|')[1].strip() for line in f
             if line.startswith('| ') and not line.startswith('| run')]
-  assert rows == ['softmax', 'arcface']
+  assert rows == ['softmax+triplet', 'arcface']
   with open(tmp_path / 'results.json') as f:
     results = json.load(f)
   # Different objectives, different features: not one run reported twice.
-  assert (results['softmax']['synthetic_pairs/auc']
+  assert (results['softmax+triplet']['synthetic_pairs/auc']
           != results['arcface']['synthetic_pairs/auc']
-          or results['softmax']['cross_entropy']
+          or results['softmax+triplet']['cross_entropy']
           != results['arcface']['cross_entropy'])
+  # P x K batches (K = 4): every anchor has positives and takes part.
+  with open(tmp_path / 'softmax+triplet' / 'metrics.jsonl') as f:
+    train = [r for r in map(json.loads, f) if 'train/pair_positives' in r]
+  assert train and all(r['train/pair_positives'] == 1.0 for r in train)
   assert os.path.getsize(tmp_path / 'roc.png') > 5_000
-  assert 'softmax' in result.stdout
+  assert 'softmax+triplet' in result.stdout

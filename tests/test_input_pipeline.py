@@ -368,3 +368,55 @@ def test_steps_per_epoch_rounds_up_unless_dropping_remainder():
   assert ip.steps_per_epoch(10000, 256, drop_remainder=True) == 39
   assert ip.steps_per_epoch(512, 256) == 2
   assert ip.steps_per_epoch(512, 256, drop_remainder=True) == 2
+
+
+# --- Identity-balanced (P x K) batches ----------------------------------------
+
+
+def _identity_split(counts):
+  """A split whose identity i has counts[i] images; image n's pixel is n."""
+  labels = np.repeat(np.arange(len(counts)), counts).astype(np.int32)
+  images = (np.arange(len(labels)) % 256).astype(np.uint8)
+  return ip.Split(images=np.broadcast_to(images[:, None, None, None],
+                                         (len(labels), 2, 2, 1)).copy(),
+                  labels=labels, name='train')
+
+
+def test_identity_balanced_order_is_runs_of_one_identity():
+  counts = [5, 3, 1, 8, 4]
+  labels = _identity_split(counts).labels
+  order = ip.identity_balanced_order(labels, images_per_identity=2, epoch=0,
+                                     seed=0)
+  # n // 2 runs of 2 per identity: 2 + 1 + 0 + 4 + 2 runs.
+  assert len(order) == 18 == ip.balanced_epoch_length(labels, 2)
+  assert len(set(order.tolist())) == len(order), 'an image twice'
+  runs = labels[order].reshape(-1, 2)
+  assert (runs[:, 0] == runs[:, 1]).all()
+  assert np.bincount(runs[:, 0], minlength=5).tolist() == [2, 1, 0, 4, 2]
+  again = ip.identity_balanced_order(labels, images_per_identity=2, epoch=0,
+                                     seed=0)
+  np.testing.assert_array_equal(order, again)
+  other_epoch = ip.identity_balanced_order(labels, images_per_identity=2,
+                                           epoch=1, seed=0)
+  assert not np.array_equal(order, other_epoch)
+  with pytest.raises(ValueError, match='images_per_identity must be >= 2'):
+    ip.identity_balanced_order(labels, images_per_identity=1, epoch=0, seed=0)
+  with pytest.raises(ValueError, match='No identity has'):
+    ip.identity_balanced_order(labels, images_per_identity=9, epoch=0, seed=0)
+
+
+def test_balanced_batches_give_every_anchor_positives_across_processes():
+  split = _identity_split([6, 6, 4, 4, 2, 7, 3])  # 32 images, 14 runs of 2.
+  global_batch = []
+  for process in range(2):
+    batches = list(ip.epoch_batches(
+        split, global_batch_size=8, epoch=3, seed=1, shuffle=True,
+        drop_remainder=True, images_per_identity=2, process_index=process,
+        process_count=2))
+    assert len(batches) == 14 * 2 // 8
+    global_batch.append(batches[0]['label'])
+  labels = np.concatenate(global_batch)
+  assert (labels.reshape(-1, 2)[:, 0] == labels.reshape(-1, 2)[:, 1]).all()
+  with pytest.raises(ValueError, match='global_batch_size .6. that it'):
+    next(ip.epoch_batches(split, global_batch_size=6, epoch=0, seed=0,
+                          shuffle=True, images_per_identity=4))
