@@ -19,6 +19,8 @@ Launch:
 The README's comparison table (softmax, + contrastive, + center, ArcFace):
   python -m experiments.face_comparison --config=configs/synthetic_faces.py \
       --workdir=runs/face_comparison
+(the contrastive and triplet runs add `batch_images_per_identity=4`: P x K
+batches, without which almost no pair in a batch is positive).
 
 Expected result: see the README's face table (measured with the command
 above on a 2-core CPU); the run takes about 10 minutes there.

@@ -10,7 +10,8 @@ and evaluates every run on identities unseen in training:
   softmax+center      softmax + center loss (the paper's method)
   arcface             ArcFace margin softmax, no center loss
 
-and, when asked for with `--runs`, softmax+triplet (batch-hard, P x K) and
+and, when asked for with `--runs`, softmax+center-lambda-3e-4 (a tenth of
+the paper's lambda), softmax+triplet (batch-hard, P x K) and
 softmax+contrastive-random-batches (the contrastive loss on random batches).
 
 then writes into `--workdir`:
@@ -58,6 +59,7 @@ RUNS: dict[str, dict[str, Any]] = {
     'softmax+center': {},
     'arcface': {'center_loss.weight': 0.0, 'loss.classifier': 'arcface'},
     # Not run by default:
+    'softmax+center-lambda-3e-4': {'center_loss.weight': 3e-4},
     'softmax+contrastive-random-batches': {'center_loss.weight': 0.0,
                                            'loss.pair': 'contrastive'},
     'softmax+triplet': {**_PAIRS, 'loss.pair': 'triplet'},

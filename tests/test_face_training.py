@@ -101,7 +101,11 @@ def test_parallel_modes_agree_with_compared_losses(objective):
     assert reference_metrics['pair_loss'] > 0
     # 14 valid examples of 4 classes: some share a class.
     assert reference_metrics['pair_positives'] > 0
-  for mode in ('shard_map', 'pmap'):
+  # pmap for one objective only: it runs the same collectives (all_gather
+  # and its transpose) as shard_map, and each mode costs a compilation.
+  modes = ('shard_map', 'pmap') if objective == 'contrastive' else (
+      'shard_map',)
+  for mode in modes:
     host, metrics = _run(mode, objective, batches)
     jax.tree.map(functools.partial(
         np.testing.assert_allclose, rtol=2e-5, atol=2e-6,
