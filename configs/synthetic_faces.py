@@ -22,8 +22,13 @@ The README's comparison table (softmax, + contrastive, + center, ArcFace):
 (the contrastive and triplet runs add `batch_images_per_identity=4`: P x K
 batches, without which almost no pair in a batch is positive).
 
-Expected result: see the README's face table (measured with the command
-above on a 2-core CPU); the run takes about 10 minutes there.
+Expected result (this config as it is, softmax + center loss at the paper's
+lambda 3e-3; seed 0, 2-core CPU, JAX 0.10.2, measured as the softmax+center
+row of the comparison): verification accuracy 97.38 +- 0.66% (10 folds),
+AUC 0.9970, TAR 72.4% at FAR 1e-3, rank-1 identification 64.5%, closed-set
+accuracy 89.7%; about 11 minutes alone on the CPU. Softmax alone gives
+97.13%, 77.5% and 66.5%; lambda 3e-4 (`--config.center_loss.weight=3e-4`)
+97.67%, 81.1% and 69.4%: see the README's face table.
 `--config=configs/synthetic_faces.py:runlocal` is a seconds-long version for
 tests and laptops.
 """
