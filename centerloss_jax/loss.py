@@ -49,18 +49,43 @@ def check_labels(labels, rows, rows_name: str) -> None:
         f'labels must be integers, got dtype {jnp.result_type(labels)}.')
 
 
+def check_rows(rows, labels, weights=None, *, rows_name: str, columns: str,
+               weights_name: str = 'weights') -> None:
+  """Raises unless `rows` is (batch, columns) floating point, with one
+  integer label and (when given) one weight per row.
+
+  The one shape check of every loss here (at trace time).
+
+  Args:
+    rows: the per-example arrays: features, logits or cosines.
+    labels: should be (batch,) integers.
+    weights: should be None or (batch,).
+    rows_name: `rows`' argument name, for the messages.
+    columns: what the second dimension is, e.g. 'num_classes'.
+    weights_name: `weights`' argument name, for the messages.
+  """
+  if jnp.ndim(rows) != 2:
+    raise ValueError(
+        f'{rows_name} must have shape (batch, {columns}), got shape '
+        f'{jnp.shape(rows)}.')
+  if not jnp.issubdtype(jnp.result_type(rows), jnp.floating):
+    raise TypeError(
+        f'{rows_name} must be floating point, got dtype '
+        f'{jnp.result_type(rows)}.')
+  check_labels(labels, rows, rows_name)
+  batch = jnp.shape(rows)[0]
+  if weights is not None and jnp.shape(weights) != (batch,):
+    raise ValueError(
+        f'{weights_name} must have shape (batch,) = ({batch},) to match '
+        f'{rows_name} of shape {jnp.shape(rows)}, got shape '
+        f'{jnp.shape(weights)}.')
+
+
 def _check_inputs(features, labels, centers, weights) -> None:
   """Raises ValueError/TypeError (at trace time) for ill-shaped inputs."""
-  if jnp.ndim(features) != 2:
-    raise ValueError(
-        'features must have shape (batch, feature_dim), got shape '
-        f'{jnp.shape(features)}.')
-  batch, dim = jnp.shape(features)
-  check_labels(labels, features, 'features')
-  if not jnp.issubdtype(jnp.result_type(features), jnp.floating):
-    raise TypeError(
-        f'features must be floating point, got dtype '
-        f'{jnp.result_type(features)}.')
+  check_rows(features, labels, weights, rows_name='features',
+             columns='feature_dim')
+  dim = jnp.shape(features)[1]
   if jnp.ndim(centers) != 2 or jnp.shape(centers)[1] != dim:
     raise ValueError(
         f'centers must have shape (num_classes, feature_dim) = (C, {dim}) to '
@@ -69,10 +94,6 @@ def _check_inputs(features, labels, centers, weights) -> None:
   if not jnp.issubdtype(jnp.result_type(centers), jnp.floating):
     raise TypeError(
         f'centers must be floating point, got dtype {jnp.result_type(centers)}.')
-  if weights is not None and jnp.shape(weights) != (batch,):
-    raise ValueError(
-        f'weights must have shape (batch,) = ({batch},) to match features of '
-        f'shape {jnp.shape(features)}, got shape {jnp.shape(weights)}.')
 
 
 def valid_label_mask(labels: Array, num_classes: int) -> Array:

@@ -59,29 +59,13 @@ _TINY = 1e-12
 
 
 def check_rows(features, labels, weights, name: str) -> None:
-  """Raises ValueError/TypeError (at trace time) for ill-shaped rows.
+  """Raises for ill-shaped pair-loss rows ('anchor' or 'candidate' `name`).
 
-  Args:
-    features: should be (batch, dim) floating point.
-    labels: should be (batch,) integers.
-    weights: should be None or (batch,).
-    name: 'anchor' or 'candidate', for the message.
+  See `loss.check_rows`.
   """
-  if jnp.ndim(features) != 2:
-    raise ValueError(
-        f'{name}_features must have shape (batch, dim), got shape '
-        f'{jnp.shape(features)}.')
-  if not jnp.issubdtype(jnp.result_type(features), jnp.floating):
-    raise TypeError(
-        f'{name}_features must be floating point, got dtype '
-        f'{jnp.result_type(features)}.')
-  loss_lib.check_labels(labels, features, f'{name}_features')
-  batch = jnp.shape(features)[0]
-  if weights is not None and jnp.shape(weights) != (batch,):
-    raise ValueError(
-        f'{name}_weights must have shape (batch,) = ({batch},) to match '
-        f'{name}_features of shape {jnp.shape(features)}, got shape '
-        f'{jnp.shape(weights)}.')
+  loss_lib.check_rows(features, labels, weights,
+                      rows_name=f'{name}_features', columns='dim',
+                      weights_name=f'{name}_weights')
 
 
 def check_anchor_candidate_split(anchor_features, candidate_features,

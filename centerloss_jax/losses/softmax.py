@@ -25,30 +25,12 @@ _TINY = 1e-12
 
 
 def check_class_scores(scores, labels, name: str, weights=None) -> None:
-  """Raises ValueError/TypeError (at trace time) for ill-shaped inputs.
+  """Raises for ill-shaped class scores (logits or cosines), at trace time.
 
-  Shared by the softmax and the margin losses.
-
-  Args:
-    scores: should be (batch, num_classes) floating point (logits or
-      cosines).
-    labels: should be (batch,) integers.
-    name: the argument's name for the message, e.g. 'logits'.
-    weights: should be None or (batch,).
+  Shared by the softmax and the margin losses; see `loss.check_rows`.
   """
-  if jnp.ndim(scores) != 2:
-    raise ValueError(
-        f'{name} must have shape (batch, num_classes), got shape '
-        f'{jnp.shape(scores)}.')
-  if not jnp.issubdtype(jnp.result_type(scores), jnp.floating):
-    raise TypeError(
-        f'{name} must be floating point, got dtype {jnp.result_type(scores)}.')
-  loss_lib.check_labels(labels, scores, name)
-  batch = jnp.shape(scores)[0]
-  if weights is not None and jnp.shape(weights) != (batch,):
-    raise ValueError(
-        f'weights must have shape (batch,) = ({batch},) to match {name} of '
-        f'shape {jnp.shape(scores)}, got shape {jnp.shape(weights)}.')
+  loss_lib.check_rows(scores, labels, weights, rows_name=name,
+                      columns='num_classes')
 
 
 def _effective_weights(valid: Array, weights: Optional[Array]) -> Array:
