@@ -19,15 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def _as_features(features, name: str) -> np.ndarray:
-  """(N, D) floating array (at least float32), or ValueError naming it."""
-  features = np.asarray(features)
-  if features.ndim != 2:
-    raise ValueError(f'{name} must have shape (N, D), got shape '
-                     f'{features.shape}.')
-  return features.astype(np.result_type(features.dtype, np.float32),
-                         copy=False)
+from centerloss_jax import verification
 
 
 def _unit_rows(features: np.ndarray) -> np.ndarray:
@@ -64,8 +56,10 @@ def top_distractor_scores(probe_features, distractor_features, *, k: int,
   Raises:
     ValueError: on bad shapes, k or block_size < 1, or non-finite features.
   """
-  probes = _as_features(probe_features, 'probe_features')
-  distractors = _as_features(distractor_features, 'distractor_features')
+  probes = verification.as_features(probe_features, 'probe_features',
+                                    dtype=np.float32)
+  distractors = verification.as_features(
+      distractor_features, 'distractor_features', dtype=np.float32)
   if distractors.shape[1] != probes.shape[1]:
     raise ValueError(
         f'distractor_features must have D = {probes.shape[1]} columns like '
@@ -115,7 +109,8 @@ def cmc(probe_features, probe_labels, distractor_features, *,
     ValueError: on bad shapes, max_rank < 1, or no identity with two or more
       probe images.
   """
-  probes = _as_features(probe_features, 'probe_features')
+  probes = verification.as_features(probe_features, 'probe_features',
+                                    dtype=np.float32)
   probe_labels = np.asarray(probe_labels)
   if probe_labels.shape != probes.shape[:1]:
     raise ValueError(f'probe_labels must have shape (P,) = '

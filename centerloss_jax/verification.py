@@ -33,13 +33,17 @@ import numpy as np
 DEFAULT_FARS = (1e-3, 1e-4, 1e-5, 1e-6)
 
 
-def _as_features(features, name: str) -> np.ndarray:
-  """float64 (N, D) array, or ValueError naming `name`."""
+def as_features(features, name: str, dtype=np.float64) -> np.ndarray:
+  """(N, D) array of at least `dtype`'s precision, or ValueError naming it.
+
+  Shared with `identification`, which keeps float32 (its matmuls against a
+  million distractors are the cost); verification computes in float64.
+  """
   features = np.asarray(features)
   if features.ndim != 2:
     raise ValueError(f'{name} must have shape (N, D), got shape '
                      f'{features.shape}.')
-  return features.astype(np.float64, copy=False)
+  return features.astype(np.result_type(features.dtype, dtype), copy=False)
 
 
 def _as_pairs(scores, is_same) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +111,7 @@ class Pca:
     Raises:
       ValueError: if `x` is not (N, D) with the fitted D.
     """
-    x = _as_features(x, 'x')
+    x = as_features(x, 'x')
     if x.shape[1] != self.mean.shape[0]:
       raise ValueError(f'x must have {self.mean.shape[0]} columns (the '
                        f'dimension PCA was fitted on), got shape {x.shape}.')
@@ -134,7 +138,7 @@ def fit_pca(features, dim: int) -> Pca:
   Raises:
     ValueError: if `features` is not 2-D or `dim` is out of range.
   """
-  features = _as_features(features, 'features')
+  features = as_features(features, 'features')
   num_samples, feature_dim = features.shape
   if dim < 1:
     raise ValueError(f'PCA dim must be >= 1, got dim={dim}.')
@@ -170,8 +174,8 @@ def cosine_scores(features_a, features_b) -> np.ndarray:
   Raises:
     ValueError: if the shapes differ or are not 2-D.
   """
-  features_a = _as_features(features_a, 'features_a')
-  features_b = _as_features(features_b, 'features_b')
+  features_a = as_features(features_a, 'features_a')
+  features_b = as_features(features_b, 'features_b')
   if features_a.shape != features_b.shape:
     raise ValueError(f'features_a and features_b must have the same shape, '
                      f'got {features_a.shape} and {features_b.shape}.')
@@ -283,8 +287,8 @@ def kfold_verification(left_features, right_features, is_same, fold, *,
     ValueError: on mismatched shapes, fewer than 2 folds, an empty fold, or
       a `pca_dim` larger than the training features allow.
   """
-  left_features = _as_features(left_features, 'left_features')
-  right_features = _as_features(right_features, 'right_features')
+  left_features = as_features(left_features, 'left_features')
+  right_features = as_features(right_features, 'right_features')
   if right_features.shape != left_features.shape:
     raise ValueError(
         f'left_features and right_features must have the same shape, got '
