@@ -7,8 +7,8 @@ Run from the repository root (so that `configs` imports):
 Prints markdown tables:
 
 1. "Center-loss step": a jitted `(centers, features, labels) ->
-   (loss, new_centers)` that computes `loss.center_loss` then
-   `loss.update_centers(alpha=0.5)`, with the centers donated and threaded
+   (loss, new_centers)` that computes `losses.center_loss` then
+   `losses.update_centers(alpha=0.5)`, with the centers donated and threaded
    through the iterations (each step's new centers are the next step's input,
    so donation is real). Median ms per step, the ratio to the smallest
    num_classes of the same dim (target: 1M classes within 1.5x of 1K), XLA's
@@ -17,7 +17,7 @@ Prints markdown tables:
 2. The "distance-matrix" formulation of common ports (a batch x num_classes
    distance matrix and a one-hot matmul update with a num_classes x dim
    temporary), in the same run, and its time relative to ours.
-3. The full LeNet++ `train.train_step` (jit, donated state) with center loss
+3. The full LeNet++ `training.steps.train_step` (jit, donated state) with center loss
    weight 0.01 vs an honest softmax-only step (no center term, no center
    update, no center metric), interleaved iteration by iteration.
 
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import statistics
 import time
 from typing import Any, Callable, Sequence
@@ -45,8 +44,9 @@ import numpy as np
 import optax
 
 from benchmarks import common
-from centerloss_jax import loss as loss_lib
-from centerloss_jax import train
+from benchmarks import hlo_stats
+from centerloss_jax import losses as loss_lib
+from centerloss_jax import training
 from configs import default as default_config
 
 _NUM_CLASSES = flags.DEFINE_list(
@@ -137,7 +137,7 @@ def _measure(fn, num_classes, dim) -> dict[str, Any]:
                       features, labels)
   memory = compiled.memory_analysis()
   hlo = compiled.as_text()
-  ops = common.class_sized_ops(hlo, num_classes)
+  ops = hlo_stats.class_sized_ops(hlo, num_classes)
   times, centers, donated = common.time_threaded(
       compiled, centers, (features, labels), warmup=_WARMUP.value,
       iters=_ITERS.value, min_iters=_MIN_ITERS.value,
@@ -149,7 +149,7 @@ def _measure(fn, num_classes, dim) -> dict[str, Any]:
       'temp': memory.temp_size_in_bytes if memory else float('nan'),
       'argument': memory.argument_size_in_bytes if memory else float('nan'),
       'alias': memory.alias_size_in_bytes if memory else float('nan'),
-      'aliased': common.aliases_first_argument(hlo),
+      'aliased': hlo_stats.aliases_first_argument(hlo),
       'copies': ops.count('copy'),
       'ops': ops,
       'donated': donated,
@@ -254,8 +254,8 @@ def center_loss_tables(sizes: Sequence[int], dims: Sequence[int]) -> None:
           'the batch).')
 
 
-def _softmax_only_step(state: train.TrainState, batch: train.Batch):
-  """`train.train_step` without any center-loss work, for the overhead.
+def _softmax_only_step(state: training.TrainState, batch: training.steps.Batch):
+  """`training.steps.train_step` without any center-loss work, for the overhead.
 
   Same model, CE normalisation, RNG folding, optimizer update and metrics,
   minus the center term of the loss, the center update and the center-loss
@@ -264,7 +264,7 @@ def _softmax_only_step(state: train.TrainState, batch: train.Batch):
   labels = batch['label']
   num_classes = state.centers.shape[0]
   weights = batch['weight'] * loss_lib.valid_label_mask(labels, num_classes)
-  total_weight = jnp.maximum(jnp.sum(weights), 1e-12)
+  total_weight = jnp.maximum(jnp.sum(weights), loss_lib.EPSILON)
   rng = jax.random.fold_in(state.rng, state.step)
   clipped = jnp.clip(labels, 0, num_classes - 1)
 
@@ -292,8 +292,8 @@ def lenet_table() -> None:
   num_classes = config.input.num_classes
   batch_size = _LENET_BATCH.value
   config.batch_size = batch_size
-  lr_fn = train.create_learning_rate_fn(config, steps_per_epoch=60000 //
-                                        batch_size)
+  lr_fn = training.state.create_learning_rate_fn(
+      config, steps_per_epoch=60000 // batch_size)
   k_x, k_y = jax.random.split(jax.random.key(_SEED.value + 1))
   batch = {
       'image': jax.random.uniform(k_x, (batch_size, 28, 28, 1), jnp.float32),
@@ -304,28 +304,28 @@ def lenet_table() -> None:
 
   variants = [
       ('train_step, center_loss_weight=0.01', functools.partial(
-          train.train_step, center_loss_weight=0.01,
-          center_alpha=config.center_loss.alpha)),
+          training.steps.train_step, objective=training.Objective(
+              center_loss_weight=0.01,
+              center_alpha=config.center_loss.alpha))),
       ('softmax only (no center term, update or metric)',
        _softmax_only_step),
   ]
   if _LENET_WEIGHT0.value:
     variants.append(('train_step, center_loss_weight=0 (update still runs)',
-                     functools.partial(train.train_step,
-                                       center_loss_weight=0.0,
-                                       center_alpha=config.center_loss.alpha)))
+                     functools.partial(
+                         training.steps.train_step,
+                         objective=training.Objective(
+                             center_loss_weight=0.0,
+                             center_alpha=config.center_loss.alpha))))
 
   compiled, states, info = [], [], []
   for _, fn in variants:
-    state = train.create_train_state(
+    state = training.create_train_state(
         config, jax.random.key(_SEED.value), image_shape=(28, 28, 1),
         num_classes=num_classes, learning_rate_fn=lr_fn)
     c = jax.jit(fn, donate_argnums=0).lower(state, batch).compile()
     hlo = c.as_text()
-    centers_copies = sum(
-        1 for line in common.entry_computation(hlo).splitlines()
-        if re.search(r'=\s*f32\[%d,%d\]\S*\s+copy\(' % state.centers.shape,
-                     line))
+    centers_copies = hlo_stats.copies_of(hlo, 'f32', state.centers.shape)
     memory = c.memory_analysis()
     info.append({'copies': centers_copies,
                  'temp': memory.temp_size_in_bytes if memory else float('nan')})

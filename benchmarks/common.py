@@ -1,57 +1,13 @@
-"""Timing, HLO inspection and table helpers shared by the benchmarks."""
+"""Timing and table helpers shared by the benchmarks (HLO: `hlo_stats`)."""
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any, Sequence
 
 import jax
 
 _MIB = 2.0**20
-
-
-def entry_computation(hlo_text: str) -> str:
-  return hlo_text[hlo_text.index('\nENTRY'):]
-
-
-INSTRUCTION = re.compile(
-    r'^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*\w+\[([\d,]*)\]\S*\s+([\w\-]+)\(')
-
-
-def class_sized_ops(hlo_text: str, num_classes: int) -> list[str]:
-  """Entry-computation instructions (not parameters) with a num_classes dim.
-
-  Fusions are named by the fusion's name without its numeric suffix (XLA names
-  them after what they contain, e.g. `wrapped_scatter`).
-  """
-  found = []
-  for line in entry_computation(hlo_text).splitlines():
-    match = INSTRUCTION.match(line)
-    if not match:
-      continue
-    name, dims, opcode = match.groups()
-    if opcode == 'parameter' or not dims:
-      continue
-    if num_classes in [int(d) for d in dims.split(',')]:
-      found.append(re.sub(r'\.\d+$', '', name) if opcode == 'fusion'
-                   else opcode)
-  return found
-
-
-def summarize_ops(ops: Sequence[str]) -> str:
-  counts = {}
-  for op in ops:
-    counts[op] = counts.get(op, 0) + 1
-  return ', '.join(f'{op} x{n}' if n > 1 else op for op, n in counts.items()
-                   ) or 'none'
-
-
-def aliases_first_argument(hlo_text: str) -> bool:
-  """Whether the module aliases parameter 0 to an output buffer."""
-  header = hlo_text.splitlines()[0]
-  match = re.search(r'input_output_alias=\{(.*?)\}\s*,\s*entry', header)
-  return bool(match and re.search(r':\s*\(0,', match.group(1)))
 
 
 def time_threaded(compiled, centers, args, *, warmup, iters, min_iters,

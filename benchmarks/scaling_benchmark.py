@@ -1,13 +1,13 @@
 """Class-sharded center-loss step vs num_classes: time, memory, communication.
 
-The centers are split along the classes over a `'model'` mesh axis of
-`--model_shards` devices (`centerloss_jax.sharded`); each step computes Eq. 2
+The centers are split along the classes over a `'classes'` mesh axis of
+`--class_shards` devices (`centerloss_jax.losses.class_sharded`); each step computes Eq. 2
 for the batch and applies Eq. 4 with the centers donated. For every size it
 prints the median step time, the per-device centers and XLA scratch memory,
 and the bytes the compiled program's collectives deliver per device per step
 (read from the HLO), which must not grow with num_classes.
 
-Run from the repository root, on as many devices as `--model_shards`; on a
+Run from the repository root, on as many devices as `--class_shards`; on a
 CPU-only machine fake them:
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 \\
@@ -20,7 +20,6 @@ The replicated (single-device) step and the distance-matrix baseline are in
 
 from __future__ import annotations
 
-import functools
 import os
 import statistics
 import time
@@ -35,15 +34,15 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from benchmarks import common
-from centerloss_jax import hlo_stats
-from centerloss_jax import sharded
+from benchmarks import hlo_stats
+from centerloss_jax.losses import class_sharded
 
 _NUM_CLASSES = flags.DEFINE_list(
     'num_classes', ['1000', '131000', '1000000', '5000000', '10000000'],
     'Class counts to measure.')
 _DIMS = flags.DEFINE_list('dims', ['128', '512'], 'Feature dimensions.')
 _BATCH = flags.DEFINE_integer('batch', 256, 'Global batch.')
-_MODEL_SHARDS = flags.DEFINE_integer('model_shards', 8,
+_CLASS_SHARDS = flags.DEFINE_integer('class_shards', 8,
                                      'Devices the classes are split over.')
 _ITERS = flags.DEFINE_integer('iters', 20, 'Timed steps per size.')
 _MAX_CENTERS_GIB = flags.DEFINE_float(
@@ -56,16 +55,16 @@ _GIB = 2.0**30
 
 def _step(centers, features, labels):
   """Per device: Eq. 2 over the batch, Eq. 4 on this device's classes."""
-  distances = sharded.sharded_center_distances(features, labels, centers,
-                                               model_axis='model')
-  new_centers = sharded.sharded_update_centers(
-      centers, features, labels, alpha=0.5, model_axis='model',
+  distances = class_sharded.class_sharded_center_distances(features, labels, centers,
+                                               class_axis='classes')
+  new_centers = class_sharded.class_sharded_update_centers(
+      centers, features, labels, alpha=0.5, class_axis='classes',
       batch_axis='batch')
   return jnp.mean(distances), new_centers
 
 
 def _measure(mesh, num_classes, dim):
-  centers_sharding = NamedSharding(mesh, P('model', None))
+  centers_sharding = NamedSharding(mesh, P('classes', None))
   batch_sharding = NamedSharding(mesh, P('batch'))
   # Zeros, made on the devices shard by shard: random centers would need
   # several centers-sized temporaries on the (shared) host memory of fake CPU
@@ -79,8 +78,8 @@ def _measure(mesh, num_classes, dim):
   labels = jax.device_put(
       jax.random.randint(k_y, (_BATCH.value,), 0, num_classes), batch_sharding)
   step = jax.jit(jax.shard_map(
-      _step, mesh=mesh, in_specs=(P('model', None), P('batch'), P('batch')),
-      out_specs=(P(), P('model', None)), check_vma=False), donate_argnums=0)
+      _step, mesh=mesh, in_specs=(P('classes', None), P('batch'), P('batch')),
+      out_specs=(P(), P('classes', None)), check_vma=False), donate_argnums=0)
   compiled = step.lower(centers, features, labels).compile()
   hlo = compiled.as_text()
   times, centers, donated = common.time_threaded(
@@ -97,28 +96,28 @@ def _measure(mesh, num_classes, dim):
           (d for _, results, operands in found
            for _, dims in results + operands for d in dims), default=0),
       'donated': donated,
-      'centers_copies': common.class_sized_ops(
-          hlo, num_classes // _MODEL_SHARDS.value).count('copy'),
+      'centers_copies': hlo_stats.class_sized_ops(
+          hlo, num_classes // _CLASS_SHARDS.value).count('copy'),
   }
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
-  shards = _MODEL_SHARDS.value
+  shards = _CLASS_SHARDS.value
   if jax.device_count() < shards:
     raise app.UsageError(
-        f'--model_shards={shards} needs {shards} devices, found '
+        f'--class_shards={shards} needs {shards} devices, found '
         f'{jax.device_count()}; on CPU set XLA_FLAGS='
         f'--xla_force_host_platform_device_count={shards}.')
-  mesh = jax.make_mesh((1, shards), ('batch', 'model'),
+  mesh = jax.make_mesh((1, shards), ('batch', 'classes'),
                        devices=jax.devices()[:shards])
   print('# Class-sharded center-loss step\n')
   print(f'- jax {jax.__version__}, backend {jax.default_backend()}, '
         f'{shards} devices ({jax.devices()[0].device_kind}), '
         f'{os.cpu_count()} CPUs')
   print(f'- batch {_BATCH.value}, alpha 0.5, centers donated; mesh (1 batch x '
-        f'{shards} model); medians of up to {_ITERS.value} timed steps\n')
+        f'{shards} classes); medians of up to {_ITERS.value} timed steps\n')
   header = ['classes', 'dim', 'median ms', 'n', 'x smallest',
             'centers MiB / device', 'temp MiB / device',
             'collective bytes / device', 'collectives',

@@ -1,15 +1,17 @@
 """centerloss_jax: the center loss of Wen et al. (ECCV 2016) in JAX and Flax.
 
-The core is functional (`center_loss`, `update_centers`); `centerloss_jax.linen`
-and `centerloss_jax.nnx` wrap it as Flax modules that keep the centers in
-non-differentiable, mutable state.
+The core is functional (`center_loss`, `update_centers`, in
+`centerloss_jax.losses`); `centerloss_jax.linen` and `centerloss_jax.nnx` wrap
+it as Flax modules that keep the centers in non-differentiable, mutable state.
+Importing this package loads the loss core only (jax and optax); the trainer
+is `centerloss_jax.training`.
 """
 
-from centerloss_jax.loss import center_distances
-from centerloss_jax.loss import center_loss
-from centerloss_jax.loss import invalid_label_count
-from centerloss_jax.loss import update_centers
-from centerloss_jax.loss import valid_label_mask
+from centerloss_jax.losses.center import center_distances
+from centerloss_jax.losses.center import center_loss
+from centerloss_jax.losses.center import update_centers
+from centerloss_jax.losses.common import invalid_label_count
+from centerloss_jax.losses.common import valid_label_mask
 
 __version__ = '0.1.0'
 

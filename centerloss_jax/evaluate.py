@@ -34,12 +34,13 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from centerloss_jax import checkpointing
-from centerloss_jax import input_pipeline
-from centerloss_jax import parallel
-from centerloss_jax import train
-from centerloss_jax import verification
-from centerloss_jax import writers
+from centerloss_jax import data
+from centerloss_jax import reporting
+from centerloss_jax.training import checkpointing
+from centerloss_jax.training import features
+from centerloss_jax.training import parallel
+from centerloss_jax.training import state as state_lib
+from centerloss_jax.training import trainer
 
 
 def _define_flags() -> None:
@@ -59,7 +60,7 @@ def _define_flags() -> None:
 
 
 def restore_checkpoint(config, workdir: str,
-                       dataset: input_pipeline.Dataset) -> train.TrainState:
+                       dataset: data.Dataset) -> state_lib.TrainState:
   """The latest checkpoint of a training run, as a host TrainState.
 
   Args:
@@ -81,9 +82,9 @@ def restore_checkpoint(config, workdir: str,
     raise missing
   # Shapes only: the checkpoint provides every value.
   target = jax.eval_shape(functools.partial(
-      train.create_train_state, config, image_shape=dataset.image_shape,
+      state_lib.create_train_state, config, image_shape=dataset.image_shape,
       num_classes=dataset.num_classes,
-      learning_rate_fn=train.create_learning_rate_fn(config, 1)),
+      learning_rate_fn=state_lib.create_learning_rate_fn(config, 1)),
                           jax.random.key(config.seed))
   manager = checkpointing.create_manager(
       os.path.abspath(workdir), max_to_keep=config.keep_checkpoints)
@@ -107,41 +108,34 @@ def evaluate_checkpoint(config, workdir: str) -> tuple[dict[str, Any],
 
   Returns:
     (metrics '<set>/<metric>' plus 'step', curves as
-    `train.evaluate_open_set`'s).
+    `features.evaluate_open_set`'s).
 
   Raises:
     FileNotFoundError: no checkpoint in `workdir`.
     ValueError: the config's dataset has no verification or identification
       set.
   """
-  dataset = input_pipeline.load_dataset(config.input)
+  dataset = trainer.load_dataset(config.input)
   if dataset.verification is None and dataset.identification is None:
     raise ValueError(
         f'input.source={config.input.source!r} has no verification pairs or '
         'identification set to evaluate on; configure one (e.g. '
         'input.pairs_dir and input.pairs_file).')
   state = restore_checkpoint(config, workdir, dataset)
-  dp = parallel.DataParallel.create(
-      config.parallel, model_shards=config.get('class_shards', 1))
+  dp = parallel.DataParallel.create(config.parallel,
+                                    class_shards=config.class_shards)
   dp.check_batch_size(config.batch_size)
-  metrics, curves = train.evaluate_open_set(
-      train.compile_feature_step(dp, config), dp, dp.put_state(state),
-      dataset, config)
+  metrics, curves = features.evaluate_open_set(
+      trainer.compile_feature_step(dp, config), dp, dp.put_state(state),
+      dataset, config.evaluation, batch_size=config.batch_size)
   metrics['step'] = int(state.step)
   return metrics, curves
-
-
-def _write_json(path: str, data: Any) -> None:
-  """Writes whole or not at all: a crash never leaves half a file."""
-  with open(path + '.tmp', 'w') as f:
-    json.dump(data, f, indent=2, sort_keys=True)
-  os.replace(path + '.tmp', path)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  writers.quiet_orbax_logging()
+  reporting.writers.quiet_orbax_logging()
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   parallel.initialize_distributed(config.distributed)
   metrics, curves = evaluate_checkpoint(config, workdir)
@@ -152,11 +146,14 @@ def main(argv):
   results = dict(metrics)
   for name, rates in curves['cmc'].items():
     results[f'{name}/cmc'] = [float(r) for r in rates]
-  _write_json(os.path.join(output_dir, 'evaluation.json'), results)
+  with reporting.atomic_write(os.path.join(output_dir,
+                                           'evaluation.json')) as f:
+    json.dump(results, f, indent=2, sort_keys=True)
   if curves['roc']:
-    verification.plot_roc(curves['roc'],
-                          path=os.path.join(output_dir, 'roc.png'),
-                          title=f'{config.input.name}, step {metrics["step"]}')
+    reporting.plots.plot_roc(curves['roc'],
+                             path=os.path.join(output_dir, 'roc.png'),
+                             title=f'{config.input.name}, step '
+                             f'{metrics["step"]}')
   logging.info('Open-set metrics: %s', results)
   for name, value in sorted(results.items()):
     if isinstance(value, float):

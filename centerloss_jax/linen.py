@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from centerloss_jax import loss as loss_lib
+from centerloss_jax import losses
 
 CENTERS_COLLECTION = 'centers'
 
@@ -74,10 +74,10 @@ class CenterLoss(nn.Module):
         CENTERS_COLLECTION, 'centers',
         lambda: self.centers_init(self.make_rng('params'),
                                   (self.num_classes, dim), jnp.float32))
-    loss = loss_lib.center_loss(features, labels, centers.value, weights)
+    loss = losses.center_loss(features, labels, centers.value, weights)
     if (update and self.is_mutable_collection(CENTERS_COLLECTION)
         and not self.is_initializing()):
-      centers.value = loss_lib.update_centers(
+      centers.value = losses.update_centers(
           centers.value, features, labels, alpha=self.alpha, weights=weights,
           axis_name=self.axis_name)
     return loss

@@ -1,5 +1,8 @@
 """Runs an experiment config: train, evaluate, checkpoint, plot.
 
+Intentionally short: the logic is in `centerloss_jax.training`, importable
+and tested.
+
   python -m centerloss_jax.main --config=configs/default.py --workdir=/tmp/cl
 
 Override any config field, e.g. `--config.center_loss.weight=0`.
@@ -11,9 +14,9 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from centerloss_jax import parallel
-from centerloss_jax import train
-from centerloss_jax import writers
+from centerloss_jax.reporting import writers
+from centerloss_jax.training import parallel
+from centerloss_jax.training import trainer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, '
@@ -31,7 +34,7 @@ def main(argv):
   parallel.initialize_distributed(FLAGS.config.distributed)
   logging.info('JAX devices: %s (process %d of %d)', jax.devices(),
                jax.process_index(), jax.process_count())
-  metrics = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  metrics = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   logging.info('Final test metrics: %s', metrics)
   print('Final test metrics:', {k: round(v, 4) for k, v in metrics.items()})
   print(f'Metrics, plots and checkpoints are in {FLAGS.workdir}')

@@ -32,7 +32,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from centerloss_jax import loss as loss_lib
+from centerloss_jax import losses
 
 Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
 
@@ -81,9 +81,9 @@ class CenterLoss(nnx.Module):
       this call's update (the paper's Algorithm 1).
     """
     centers = self.centers[...]
-    loss = loss_lib.center_loss(features, labels, centers, weights)
+    loss = losses.center_loss(features, labels, centers, weights)
     if update:
-      self.centers[...] = loss_lib.update_centers(
+      self.centers[...] = losses.update_centers(
           centers, features, labels, alpha=self.alpha, weights=weights,
           axis_name=self.axis_name)
     return loss

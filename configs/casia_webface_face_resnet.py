@@ -17,7 +17,7 @@ bundled):
    `<id>/<n>.jpg [label] x1 y1 ... x5 y5` (left eye, right eye, nose, left
    and right mouth corner; the lists shipped with SphereFace have this
    form). Each image is then aligned by a similarity transform to the
-   standard 112x96 template (`centerloss_jax.alignment`). Without a
+   standard 112x96 template (`centerloss_jax.data.alignment`). Without a
    landmark file images are centre-cropped and resized, which is only
    right for an export that is already aligned at 112x96.
 2. LFW (`<pairs_dir>/<name>/<name>_<NNNN>.jpg`, the layout of the LFW
@@ -55,6 +55,7 @@ Softmax only: `--config.center_loss.weight=0`; ArcFace:
 
 import ml_collections
 
+from configs import common
 from configs import default
 
 
@@ -112,10 +113,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 2_000
   config.plot_features = False
 
-  if arg == 'runlocal':
+  if common.is_runlocal(arg):
     apply_runlocal(config)
-  elif arg:
-    raise ValueError(f"Unknown config variant {arg!r}; expected 'runlocal'.")
   return config
 
 
@@ -127,20 +126,10 @@ def apply_runlocal(config: ml_collections.ConfigDict) -> None:
   """
   config.input.image_shape = (56, 48, 3)
   config.input.num_classes = 8
-  shrink_face_resnet(config)
+  common.shrink_face_resnet(config)
   config.learning_rate = 0.01
   config.lr_boundaries = (4, 8)
   config.num_train_steps = 6
   config.log_every_steps = 3
   config.eval_every_steps = 6
   config.checkpoint_every_steps = 3
-
-
-def shrink_face_resnet(config: ml_collections.ConfigDict) -> None:
-  """The tiny FaceResNet and batch of every face config's `runlocal`."""
-  config.model.stem_channels = (4, 8)
-  config.model.stage_channels = (8, 8, 16, 16)
-  config.model.stage_blocks = (1, 1, 1, 1)
-  config.model.feature_dim = 16
-  config.model.dtype = 'float32'         # bf16 is slow and loose on CPUs.
-  config.batch_size = 16

@@ -22,6 +22,8 @@ A few-second run of a narrow LeNet++ on a data subset, for laptops and tests:
 
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """The default experiment's config; `arg='runlocal'` shrinks it."""
@@ -89,7 +91,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.num_train_steps = -1            # > 0 overrides num_epochs.
   config.parallel = 'jit'                # 'jit', 'pmap' or 'shard_map'.
   # > 1: split the centers and the classifier kernel along the classes over
-  # a 'model' mesh axis of this size (mesh (devices // n, n), shard_map only;
+  # a 'classes' mesh axis of this size (mesh (devices // n, n), shard_map only;
   # must divide num_classes). For 100K+ identities; 1: replicated.
   config.class_shards = 1
 
@@ -118,19 +120,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.plot_features = True            # Scatter plot when features are 2-D.
 
-  if arg == 'runlocal':
-    apply_runlocal(config)
-  elif arg:
-    raise ValueError(f"Unknown config variant {arg!r}; expected 'runlocal'.")
+  if common.is_runlocal(arg):
+    common.shrink_lenet_pp(config)
   return config
-
-
-def apply_runlocal(config: ml_collections.ConfigDict) -> None:
-  """Shrinks a LeNet++ config to seconds on a CPU: for tests and laptops."""
-  config.input.train_subset = 256
-  config.input.test_subset = 100
-  config.model.stage_channels = (4, 8, 8)
-  config.batch_size = 32
-  config.num_epochs = 2.0
-  config.log_every_steps = 4
-  config.checkpoint_every_steps = 4

@@ -2,8 +2,8 @@
 
 The layout of the paper's face experiments at partial-FC scale: 512-d
 features, 131,072 (2^17) classes, the (C, D) centers and the (D, C)
-classifier kernel split along the classes over a 'model' mesh axis of 8
-devices (`class_shards`; mesh (devices / 8, 8) of ('batch', 'model')),
+classifier kernel split along the classes over a 'classes' mesh axis of 8
+devices (`class_shards`; mesh (devices / 8, 8) of ('batch', 'classes')),
 bfloat16 compute, global batch 4096 under `jax.shard_map`, one process per
 host started by `jax.distributed.initialize()`.
 
@@ -39,6 +39,7 @@ jax.distributed); run it on 8 devices, e.g. with
 
 import ml_collections
 
+from configs import common
 from configs import default
 
 
@@ -71,8 +72,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 2_000
   config.plot_features = False           # 512-d features: nothing to plot.
 
-  if arg == 'runlocal':
-    default.apply_runlocal(config)
+  if common.is_runlocal(arg):
+    common.shrink_lenet_pp(config)
     config.input.num_classes = 64
     config.class_shards = 4
     config.model.feature_dim = 8
@@ -84,6 +85,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.learning_rate = 0.01
     config.eval_every_steps = -1
     config.distributed.initialize = False
-  elif arg:
-    raise ValueError(f"Unknown config variant {arg!r}; expected 'runlocal'.")
   return config

@@ -17,6 +17,7 @@ run to the end here, so no expected accuracy is quoted.
 
 import ml_collections
 
+from configs import common
 from configs import default
 
 
@@ -27,10 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_every_steps = 1_000
   config.checkpoint_every_steps = 1_000
   config.log_every_steps = 100
-  if arg == 'runlocal':
-    default.apply_runlocal(config)
+  if common.is_runlocal(arg):
+    common.shrink_lenet_pp(config)
     config.num_train_steps = -1
     config.eval_every_steps = -1
-  elif arg:
-    raise ValueError(f"Unknown config variant {arg!r}; expected 'runlocal'.")
   return config

@@ -3,7 +3,7 @@
 The paper's face protocol at CPU scale, with no download: a narrow
 `FaceResNet` (the reference's 27 conv layers at a quarter of its widths) is
 trained on 1,000 synthetic identities (20 images each, 56x48 RGB, drawn by
-`centerloss_jax.synthetic_faces` with pose-like warps, illumination, noise
+`centerloss_jax.data.synthetic_faces` with pose-like warps, illumination, noise
 and occlusion), and evaluated on identities never seen in training:
 verification on 6,000 pairs of 600 other identities in 10 folds of
 300 + 300 (the LFW protocol: image + mirror features, cosine, threshold on
@@ -35,7 +35,7 @@ tests and laptops.
 
 import ml_collections
 
-from configs import casia_webface_face_resnet
+from configs import common
 from configs import default
 
 
@@ -94,10 +94,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 624
   config.plot_features = False
 
-  if arg == 'runlocal':
+  if common.is_runlocal(arg):
     apply_runlocal(config)
-  elif arg:
-    raise ValueError(f"Unknown config variant {arg!r}; expected 'runlocal'.")
   return config
 
 
@@ -112,7 +110,7 @@ def apply_runlocal(config: ml_collections.ConfigDict) -> None:
   config.input.num_probe_identities = 4
   config.input.probe_images_per_identity = 2
   config.input.num_distractors = 8
-  casia_webface_face_resnet.shrink_face_resnet(config)
+  common.shrink_face_resnet(config)
   config.num_epochs = 2.0
   config.warmup_epochs = 0.0
   config.log_every_steps = 4

@@ -44,9 +44,8 @@ import jax
 from ml_collections import config_flags
 import numpy as np
 
-from centerloss_jax import train
-from centerloss_jax import verification
-from centerloss_jax import writers
+from centerloss_jax import reporting
+from centerloss_jax import training
 
 # Each run: the config overrides that define its objective. The center-loss
 # weight and alpha of 'softmax+center' are the base config's. The pair
@@ -131,7 +130,7 @@ def main(argv: Sequence[str]) -> None:
   if unknown:
     raise app.UsageError(f'Unknown runs {sorted(unknown)}; expected some of '
                          f'{list(RUNS)}.')
-  writers.quiet_orbax_logging()
+  reporting.writers.quiet_orbax_logging()
   base = flags.FLAGS.config
   root = os.path.abspath(_WORKDIR.value)
   results, curves = {}, {}
@@ -139,7 +138,7 @@ def main(argv: Sequence[str]) -> None:
     logging.info('Comparison run %s', name)
     config = run_config(base, RUNS[name])
     workdir = os.path.join(root, name)
-    results[name] = train.train_and_evaluate(config, workdir)
+    results[name] = training.train_and_evaluate(config, workdir)
     roc = _final_roc(workdir)
     if roc is not None:
       curves[name] = roc
@@ -152,12 +151,13 @@ def main(argv: Sequence[str]) -> None:
   table = results_table(results, verification_name, identification_name)
   if jax.process_index() != 0:
     return
-  _write_text(os.path.join(root, 'results.md'), table + '\n')
-  _write_text(os.path.join(root, 'results.json'),
-              json.dumps(results, indent=2, sort_keys=True))
+  with reporting.atomic_write(os.path.join(root, 'results.md')) as f:
+    f.write(table + '\n')
+  with reporting.atomic_write(os.path.join(root, 'results.json')) as f:
+    json.dump(results, f, indent=2, sort_keys=True)
   if curves:
-    verification.plot_roc(curves, path=os.path.join(root, 'roc.png'),
-                          title=f'{base.input.name}: unseen identities')
+    reporting.plots.plot_roc(curves, path=os.path.join(root, 'roc.png'),
+                             title=f'{base.input.name}: unseen identities')
   print(table)
   print(f'\nTable, JSON and ROC plot in {root}')
 
@@ -169,12 +169,6 @@ def _final_roc(workdir: str):
     return None
   with np.load(path) as data:
     return data['far'], data['tar']
-
-
-def _write_text(path: str, text: str) -> None:
-  with open(path + '.tmp', 'w') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
 
 
 if __name__ == '__main__':

@@ -33,8 +33,8 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags
 
-from centerloss_jax import train
-from centerloss_jax import writers
+from centerloss_jax import reporting
+from centerloss_jax import training
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Root of the sweep\'s runs.',
                                required=True)
@@ -103,16 +103,15 @@ def features_figure(path: str, workdirs: Sequence[str],
       ax.imshow(plt.imread(plot))
     ax.set_title(title)
   fig.tight_layout()
-  tmp = path + '.tmp.png'
-  fig.savefig(tmp, dpi=120)
-  os.replace(tmp, path)
+  with reporting.atomic_write(path, 'wb') as f:
+    fig.savefig(f, format='png', dpi=120)
   plt.close(fig)
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  writers.quiet_orbax_logging()
+  reporting.writers.quiet_orbax_logging()
   base = flags.FLAGS.config
   root = os.path.abspath(_WORKDIR.value)
   lambdas = [float(x) for x in _LAMBDAS.value]
@@ -126,12 +125,12 @@ def main(argv: Sequence[str]) -> None:
       config.center_loss.alpha = alpha
     name = run_name(weight, alpha)
     logging.info('Sweep run %s', name)
-    results[name] = train.train_and_evaluate(config, os.path.join(root, name))
+    results[name] = training.train_and_evaluate(config, os.path.join(root, name))
 
   table = results_table(results, points)
-  with open(os.path.join(root, 'results.md'), 'w') as f:
+  with reporting.atomic_write(os.path.join(root, 'results.md')) as f:
     f.write(table + '\n')
-  with open(os.path.join(root, 'results.json'), 'w') as f:
+  with reporting.atomic_write(os.path.join(root, 'results.json')) as f:
     json.dump(results, f, indent=2, sort_keys=True)
   features_figure(
       os.path.join(root, 'features_by_lambda.png'),

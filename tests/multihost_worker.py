@@ -27,7 +27,7 @@ def _state():
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from centerloss_jax import train  # pylint: disable=g-import-not-at-top
+  from centerloss_jax import training  # pylint: disable=g-import-not-at-top
 
   class Mlp(nn.Module):
 
@@ -40,7 +40,7 @@ def _state():
 
   model = Mlp()
   params = model.init(jax.random.key(0), jnp.zeros((1, 8)))['params']
-  return train.TrainState.create(
+  return training.TrainState.create(
       apply_fn=model.apply, params=params, tx=optax.sgd(0.1, momentum=0.9),
       centers=jnp.zeros((NUM_CLASSES, 2)), batch_stats={},
       rng=jax.random.key(1))
@@ -60,13 +60,14 @@ def train_steps(mode, *, placed=False):
   """Runs NUM_STEPS steps; returns (DataParallel, host or placed state)."""
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  from centerloss_jax import parallel  # pylint: disable=g-import-not-at-top
-  from centerloss_jax import train  # pylint: disable=g-import-not-at-top
+  from centerloss_jax.training import parallel  # pylint: disable=g-import-not-at-top
+  from centerloss_jax import training  # pylint: disable=g-import-not-at-top
 
   dp = parallel.DataParallel.create(mode)
   state = dp.put_state(_state())
   step_fn = dp.compile_train_step(functools.partial(
-      train.train_step, center_loss_weight=0.5, center_alpha=0.5))
+      training.steps.train_step,
+      objective=training.Objective(center_loss_weight=0.5, center_alpha=0.5)))
   share = GLOBAL_BATCH // jax.process_count()
   begin = jax.process_index() * share
   for step in range(NUM_STEPS):
@@ -78,22 +79,20 @@ def train_steps(mode, *, placed=False):
 
 def eval_features(dp, placed_state):
   """The open-set evaluation's features (image + mirror) of fixed images."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from centerloss_jax import train  # pylint: disable=g-import-not-at-top
+  from centerloss_jax import training  # pylint: disable=g-import-not-at-top
 
   images = np.random.default_rng(7).integers(
       0, 256, (NUM_EVAL_IMAGES, 2, 2, 2)).astype(np.uint8)
-  config = ml_collections.ConfigDict({'evaluation': {'mirror': True}})
-  return train.extract_features(train.compile_feature_step(dp, config), dp,
-                                placed_state, images,
-                                batch_size=GLOBAL_BATCH)
+  feature_fn = training.features.compile_feature_step(dp, mirror=True)
+  return training.features.extract_features(feature_fn, dp, placed_state,
+                                            images, batch_size=GLOBAL_BATCH)
 
 
 def to_numpy(state):
   """{'params/...': array, 'centers': array} of a (host) TrainState."""
   import jax  # pylint: disable=g-import-not-at-top
-  from centerloss_jax import parallel  # pylint: disable=g-import-not-at-top
+  from centerloss_jax.training import parallel  # pylint: disable=g-import-not-at-top
   flat = {'centers': state.centers, 'step': state.step}
   for path, leaf in jax.tree_util.tree_leaves_with_path(state.params):
     flat['params' + jax.tree_util.keystr(path)] = leaf
@@ -106,8 +105,8 @@ def main(process_id, num_processes, port, mode, workdir, action):
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from centerloss_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from centerloss_jax import parallel  # pylint: disable=g-import-not-at-top
+  from centerloss_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  from centerloss_jax.training import parallel  # pylint: disable=g-import-not-at-top
 
   parallel.initialize_distributed(ml_collections.ConfigDict({
       'initialize': True, 'coordinator_address': f'127.0.0.1:{port}',

@@ -5,7 +5,7 @@ import importlib
 import pytest
 import tensorflow_datasets as tfds
 
-from centerloss_jax import train
+from centerloss_jax import training
 
 LENET_CONFIGS = ['default', 'face_scale', 'fashion_mnist_lenetpp',
                  'mnist_lenetpp']
@@ -19,9 +19,9 @@ def test_config_builds(name, arg):
   config = importlib.import_module(f'configs.{name}').get_config(arg)
   assert config.parallel in ('jit', 'pmap', 'shard_map')
   # The loss settings parse, and the model accepts every config field.
-  classifier_loss = train.ClassifierLoss.from_config(config.loss)
-  train.PairLoss.from_config(config.loss)
-  model = train.create_model(config, num_classes=config.input.num_classes)
+  classifier_loss = training.ClassifierLoss.from_config(config.loss)
+  training.PairLoss.from_config(config.loss)
+  model = training.state.create_model(config, num_classes=config.input.num_classes)
   assert model.classifier == classifier_loss.model_classifier
   if name in LENET_CONFIGS:
     assert config.model.name == 'lenet_pp'
@@ -47,6 +47,6 @@ def test_mnist_config_trains_on_tfds_mock_data(tmp_path):
   config.num_epochs = 1.0
   config.parallel = 'shard_map'
   with tfds.testing.mock_data(num_examples=300):
-    metrics = train.train_and_evaluate(config, str(tmp_path))
+    metrics = training.train_and_evaluate(config, str(tmp_path))
   assert metrics['num_examples'] == 100  # runlocal's test_subset.
   assert (tmp_path / 'features_step_8.png').exists()

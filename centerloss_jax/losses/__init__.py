@@ -1,12 +1,13 @@
 """All the losses in one place: center loss and the losses it is compared with.
 
-Each comes as plain JAX functions in the style of `centerloss_jax.loss`:
-float32 arithmetic, example weights with 0 for padding, invalid labels masked
-out, and a summed or per-example form for trainers that normalise over a
-global batch.
+Pure JAX (and optax): no Flax, no training code. Each loss follows the
+conventions of `common`: float32 arithmetic, example weights with 0 for
+padding, invalid labels masked out, and a summed or per-example form for
+trainers that normalise over a global batch.
 
-* Center loss (Wen et al. 2016): `center_loss`, `center_distances`,
-  `update_centers`.
+* Center loss (Wen et al. 2016), `center`: `center_loss`,
+  `center_distances`, `update_centers`; with the classes split over devices,
+  `class_sharded`.
 * Softmax: `softmax_cross_entropy` (per example), `softmax_cross_entropy_loss`.
 * Contrastive (DeepID2; the paper's comparison): `contrastive_loss_sums`,
   `contrastive_loss`.
@@ -16,23 +17,35 @@ global batch.
   `cosface_logits`, `arcface_logits`, `margin_logits`.
 """
 
-from centerloss_jax.loss import center_distances
-from centerloss_jax.loss import center_loss
-from centerloss_jax.loss import update_centers
+from centerloss_jax.losses import center
+from centerloss_jax.losses.center import center_distances
+from centerloss_jax.losses.center import center_loss
+from centerloss_jax.losses.center import update_centers
+from centerloss_jax.losses import class_sharded
+from centerloss_jax.losses import common
+from centerloss_jax.losses.common import EPSILON
+from centerloss_jax.losses.common import invalid_label_count
+from centerloss_jax.losses.common import l2_normalize
+from centerloss_jax.losses.common import valid_label_mask
+from centerloss_jax.losses import contrastive
 from centerloss_jax.losses.contrastive import contrastive_loss
 from centerloss_jax.losses.contrastive import contrastive_loss_sums
+from centerloss_jax.losses import margin
 from centerloss_jax.losses.margin import arcface_logits
 from centerloss_jax.losses.margin import cosface_logits
 from centerloss_jax.losses.margin import MARGIN_KINDS
 from centerloss_jax.losses.margin import margin_logits
 from centerloss_jax.losses.margin import sphereface_logits
 from centerloss_jax.losses.margin import sphereface_psi
+from centerloss_jax.losses import softmax
 from centerloss_jax.losses.softmax import softmax_cross_entropy
 from centerloss_jax.losses.softmax import softmax_cross_entropy_loss
+from centerloss_jax.losses import triplet
 from centerloss_jax.losses.triplet import batch_hard_triplet_loss
 from centerloss_jax.losses.triplet import batch_hard_triplet_loss_sums
 
 __all__ = [
+    'EPSILON',
     'MARGIN_KINDS',
     'arcface_logits',
     'batch_hard_triplet_loss',
@@ -42,10 +55,13 @@ __all__ = [
     'contrastive_loss',
     'contrastive_loss_sums',
     'cosface_logits',
+    'invalid_label_count',
+    'l2_normalize',
     'margin_logits',
     'softmax_cross_entropy',
     'softmax_cross_entropy_loss',
     'sphereface_logits',
     'sphereface_psi',
     'update_centers',
+    'valid_label_mask',
 ]

@@ -44,26 +44,23 @@ from typing import Optional, Union
 import jax
 import jax.numpy as jnp
 
-from centerloss_jax import loss as loss_lib
+from centerloss_jax.losses import common
 
 Array = jax.Array
 Offset = Union[int, Array, None]
 
 # Squared distances at or below this are treated as 0 by `safe_sqrt`: the
 # derivative of sqrt is infinite at 0.
-_SQUARED_DISTANCE_FLOOR = 1e-12
+_SQUARED_DISTANCE_FLOOR = common.EPSILON
 
-# Divides a zero sum by this rather than by zero, so that a batch without
-# pairs has loss 0 (and gradient 0) instead of NaN.
-_TINY = 1e-12
 
 
 def check_rows(features, labels, weights, name: str) -> None:
   """Raises for ill-shaped pair-loss rows ('anchor' or 'candidate' `name`).
 
-  See `loss.check_rows`.
+  See `common.check_rows`.
   """
-  loss_lib.check_rows(features, labels, weights,
+  common.check_rows(features, labels, weights,
                       rows_name=f'{name}_features', columns='dim',
                       weights_name=f'{name}_weights')
 
@@ -121,25 +118,8 @@ def prepare_rows(features: Array, labels: Array, weights: Optional[Array],
                        0.0)
   if normalize:
     # A floor of 1e-12 on the squared norm: zero rows stay zero.
-    features = loss_lib.l2_normalize(features, epsilon=1e-6)
+    features = common.l2_normalize(features, epsilon=1e-6)
   return features, labels, weights
-
-
-def replicate_candidates(x: Array) -> Array:
-  """Gathers a batch-sharded candidate array onto every device, if needed.
-
-  Only in JAX's explicit-sharding mode (the default of `jax.make_mesh`) under
-  plain `jit`, where the candidates are the whole sharded batch: a (b, B)
-  matrix sharded on both axes is illegal there. Replicating the candidates is
-  the all-gather that a `shard_map` trainer does by hand; the anchors keep
-  their batch sharding. Elsewhere `x` is returned as is.
-  """
-  mesh = getattr(getattr(jax.typeof(x), 'sharding', None), 'mesh', None)
-  if (mesh is None or mesh.empty
-      or jax.sharding.AxisType.Explicit not in mesh.axis_types):
-    return x
-  return jax.sharding.reshard(
-      x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
 
 
 def pairwise_squared_distances(anchors: Array, candidates: Array) -> Array:
@@ -229,7 +209,7 @@ def contrastive_loss_sums(anchor_features: Array, anchor_labels: Array,
   anchors, anchor_labels, anchor_weights = prepare_rows(
       anchor_features, anchor_labels, anchor_weights, normalize)
   candidates, candidate_labels, candidate_weights = (
-      replicate_candidates(x) for x in prepare_rows(
+      common.replicate_explicit(x) for x in prepare_rows(
           candidate_features, candidate_labels, candidate_weights, normalize))
 
   squared = pairwise_squared_distances(anchors, candidates)
@@ -270,5 +250,5 @@ def contrastive_loss(features: Array, labels: Array,
   """
   sums = contrastive_loss_sums(features, labels, weights, features, labels,
                                weights, margin=margin, normalize=normalize)
-  return sums['loss'] / jnp.maximum(sums['num_pairs'], _TINY)
+  return sums['loss'] / jnp.maximum(sums['num_pairs'], common.EPSILON)
 

@@ -28,7 +28,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 
-from centerloss_jax import loss as loss_lib
+from centerloss_jax.losses import common
 from centerloss_jax.losses import softmax
 
 Array = jax.Array
@@ -42,7 +42,7 @@ _SIN_SQUARED_FLOOR = 1e-7
 
 # Floor of ||x||^2 for the feature norm: its gradient is x / ||x||, undefined
 # at x = 0.
-_NORM_SQUARED_FLOOR = 1e-12
+_NORM_SQUARED_FLOOR = common.EPSILON
 
 
 def _check_non_negative(name: str, value: Any) -> None:
@@ -59,7 +59,7 @@ def target_mask(labels: Array, num_classes: int) -> Array:
   """
   labels = jnp.asarray(labels)
   labels = labels.astype(jnp.promote_types(labels.dtype, jnp.int32))
-  valid = loss_lib.valid_label_mask(labels, num_classes)
+  valid = common.valid_label_mask(labels, num_classes)
   columns = jnp.arange(num_classes, dtype=labels.dtype)
   return valid[:, None] & (labels[:, None] == columns[None, :])
 

@@ -1,7 +1,7 @@
 """Softmax cross-entropy, the baseline every compared loss is added to.
 
 A thin wrapper over `optax.softmax_cross_entropy_with_integer_labels` that
-follows the conventions of `centerloss_jax.loss`: float32 arithmetic whatever
+follows the conventions of `common`: float32 arithmetic whatever
 the logits' dtype, example weights with 0 for padding, and labels outside
 `[0, num_classes)` masked out instead of gathered (optax would read a NaN fill
 value for them, or another class's logit after a `clip`).
@@ -15,29 +15,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from centerloss_jax import loss as loss_lib
+from centerloss_jax.losses import common
 
 Array = jax.Array
 
-# Divides a zero sum by this rather than by a zero weight, so that an
-# all-padding batch has loss 0 (and gradient 0) instead of NaN.
-_TINY = 1e-12
 
 
 def check_class_scores(scores, labels, name: str, weights=None) -> None:
   """Raises for ill-shaped class scores (logits or cosines), at trace time.
 
-  Shared by the softmax and the margin losses; see `loss.check_rows`.
+  Shared by the softmax and the margin losses; see `common.check_rows`.
   """
-  loss_lib.check_rows(scores, labels, weights, rows_name=name,
+  common.check_rows(scores, labels, weights, rows_name=name,
                       columns='num_classes')
-
-
-def _effective_weights(valid: Array, weights: Optional[Array]) -> Array:
-  """float32 weights (1 by default) with invalid labels zeroed."""
-  if weights is None:
-    return valid.astype(jnp.float32)
-  return jnp.where(valid, jnp.asarray(weights, jnp.float32), 0.0)
 
 
 def softmax_cross_entropy(logits: Array, labels: Array,
@@ -60,16 +50,36 @@ def softmax_cross_entropy(logits: Array, labels: Array,
     (batch,) float32 array.
   """
   check_class_scores(logits, labels, 'logits', weights)
-  valid = loss_lib.valid_label_mask(labels, jnp.shape(logits)[1])
-  weights = _effective_weights(valid, weights)
+  valid = common.valid_label_mask(labels, jnp.shape(logits)[1])
+  weights = common.effective_weights(labels, jnp.shape(logits)[1], weights)
   keep = weights > 0
-  # Masked rows get logits 0 and label 0 *before* the softmax: selecting only
-  # the output would leave 0 * NaN in the backward pass of a NaN row.
-  logits = jnp.where(keep[:, None], logits.astype(jnp.float32), 0.0)
+  # Selecting only the output would leave 0 * NaN in the backward pass of a
+  # NaN row, so the masked rows' logits get a zero cotangent too. (Not a
+  # select on the logits themselves: the forward pass then stays the plain
+  # optax computation, which XLA compiles exactly as a trainer's own.)
+  logits = _zero_cotangent_where_masked(logits.astype(jnp.float32), keep)
   safe_labels = jnp.where(valid, labels, 0).astype(jnp.int32)
   per_example = optax.softmax_cross_entropy_with_integer_labels(
       logits, safe_labels)
   return jnp.where(keep, weights * per_example, 0.0)
+
+
+@jax.custom_vjp
+def _zero_cotangent_where_masked(rows: Array, keep: Array) -> Array:
+  """`rows`, whose gradient is zeroed in the rows where `keep` is False."""
+  del keep
+  return rows
+
+
+def _zero_cotangent_fwd(rows, keep):
+  return rows, keep
+
+
+def _zero_cotangent_bwd(keep, cotangent):
+  return jnp.where(keep[:, None], cotangent, 0.0), None
+
+
+_zero_cotangent_where_masked.defvjp(_zero_cotangent_fwd, _zero_cotangent_bwd)
 
 
 def softmax_cross_entropy_loss(logits: Array, labels: Array,
@@ -77,7 +87,7 @@ def softmax_cross_entropy_loss(logits: Array, labels: Array,
   """Softmax cross-entropy as a weighted mean over the mini-batch.
 
   `sum_i w_i CE_i / sum_i w_i` over the examples with a valid label, the
-  normalisation of `centerloss_jax.loss.center_loss`, so the two add up with
+  normalisation of `center.center_loss`, so the two add up with
   the paper's `lambda` unchanged by padding.
 
   Args:
@@ -89,6 +99,6 @@ def softmax_cross_entropy_loss(logits: Array, labels: Array,
     A float32 scalar; 0 when every weight is 0.
   """
   per_example = softmax_cross_entropy(logits, labels, weights)
-  valid = loss_lib.valid_label_mask(labels, jnp.shape(logits)[1])
-  total_weight = jnp.sum(_effective_weights(valid, weights))
-  return jnp.sum(per_example) / jnp.maximum(total_weight, _TINY)
+  total_weight = jnp.sum(
+      common.effective_weights(labels, jnp.shape(logits)[1], weights))
+  return jnp.sum(per_example) / jnp.maximum(total_weight, common.EPSILON)

@@ -25,14 +25,10 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from centerloss_jax.losses import common
 from centerloss_jax.losses import contrastive
 
 Array = jax.Array
-
-# Divides a zero sum by this rather than by zero, so that a batch without
-# triplets has loss 0 (and gradient 0) instead of NaN.
-_TINY = 1e-12
-
 
 def batch_hard_triplet_loss_sums(anchor_features: Array, anchor_labels: Array,
                                  anchor_weights: Optional[Array],
@@ -94,7 +90,7 @@ def batch_hard_triplet_loss_sums(anchor_features: Array, anchor_labels: Array,
   anchors, anchor_labels, anchor_weights = contrastive.prepare_rows(
       anchor_features, anchor_labels, anchor_weights, normalize)
   candidates, candidate_labels, candidate_weights = (
-      contrastive.replicate_candidates(x) for x in contrastive.prepare_rows(
+      common.replicate_explicit(x) for x in contrastive.prepare_rows(
           candidate_features, candidate_labels, candidate_weights, normalize))
 
   distances = contrastive.safe_sqrt(
@@ -147,4 +143,4 @@ def batch_hard_triplet_loss(features: Array, labels: Array,
   sums = batch_hard_triplet_loss_sums(
       features, labels, weights, features, labels, weights, margin=margin,
       soft=soft, normalize=normalize)
-  return sums['loss'] / jnp.maximum(sums['num_anchors'], _TINY)
+  return sums['loss'] / jnp.maximum(sums['num_anchors'], common.EPSILON)

@@ -1,13 +1,13 @@
 """Models. Each returns `(features, logits)` from `__call__(images, train)`."""
 
 from centerloss_jax.models import face_cnn
-from centerloss_jax.models import face_resnet
-from centerloss_jax.models import heads
-from centerloss_jax.models import lenet_pp
 from centerloss_jax.models.face_cnn import FaceCNN
 from centerloss_jax.models.face_cnn import LocallySharedConv
+from centerloss_jax.models import face_resnet
 from centerloss_jax.models.face_resnet import FaceResNet
+from centerloss_jax.models import heads
 from centerloss_jax.models.heads import CosineClassifier
+from centerloss_jax.models import lenet_pp
 from centerloss_jax.models.lenet_pp import LeNetPlusPlus
 from centerloss_jax.models.lenet_pp import PReLU
 

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from centerloss_jax import loss as loss_lib
+from centerloss_jax import losses
 
 CLASSIFIERS = ('linear', 'cosine')
 
@@ -67,9 +67,9 @@ class CosineClassifier(nn.Module):
     """
     kernel = self.param('kernel', self.kernel_init,
                         (features.shape[-1], self.num_classes), jnp.float32)
-    unit_features = loss_lib.l2_normalize(features.astype(jnp.float32),
+    unit_features = losses.l2_normalize(features.astype(jnp.float32),
                                  epsilon=self.epsilon)
-    unit_kernel = loss_lib.l2_normalize(kernel, axis=0, epsilon=self.epsilon)
+    unit_kernel = losses.l2_normalize(kernel, axis=0, epsilon=self.epsilon)
     cosines = jnp.dot(unit_features, unit_kernel,
                       precision=jax.lax.Precision.HIGHEST)
     # Rounding can leave |cos| a few ulps above 1, and arccos in the

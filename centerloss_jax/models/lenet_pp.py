@@ -72,7 +72,7 @@ class LeNetPlusPlus(nn.Module):
     use_classifier: False drops the classifier and returns
       `(features, None)`: class-sharded training holds the (D, C) kernel
       itself, split over devices, and applies it with
-      `sharded.sharded_logits`.
+      `losses.class_sharded.class_sharded_logits`.
     classifier: `'linear'` (the bias-free softmax classifier) or `'cosine'`
       (`heads.CosineClassifier`, whose cosines the margin losses turn into
       logits). Either keeps its kernel at `CLASSIFIER_SCOPE`/'kernel'.

@@ -1,0 +1,63 @@
+"""Every data source by name, each a loader with an explicit signature.
+
+`load_dataset(source, **kwargs)` is where an experiment's `input` config
+becomes keyword arguments: a key that the source's loader does not take is
+an error naming it and the accepted ones (never a silently ignored field),
+and a None value means the loader's default. A new source is one loader
+returning a `Dataset` and one entry in `SOURCES`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+from centerloss_jax.data.face_folders import load_identity_folders
+from centerloss_jax.data.mnist import load_idx_dataset
+from centerloss_jax.data.mnist import load_tfds_dataset
+from centerloss_jax.data.synthetic_faces import load_synthetic_faces
+from centerloss_jax.data.types import Dataset
+
+SOURCES: dict[str, Callable[..., Dataset]] = {
+    'idx': load_idx_dataset,
+    'tfds': load_tfds_dataset,
+    'synthetic_faces': load_synthetic_faces,
+    'identity_folders': load_identity_folders,
+}
+
+
+def accepted_arguments(source: str) -> tuple[str, ...]:
+  """The keyword arguments of `source`'s loader, sorted."""
+  _check_source(source)
+  return tuple(sorted(inspect.signature(SOURCES[source]).parameters))
+
+
+def load_dataset(source: str, **kwargs: Any) -> Dataset:
+  """Loads the dataset of `source` ('idx', 'tfds', 'identity_folders',
+  'synthetic_faces') with its loader's keyword arguments.
+
+  Args:
+    source: a key of `SOURCES`.
+    **kwargs: the loader's arguments; None stands for the loader's default
+      (the config placeholders of an unset field).
+
+  Returns:
+    The loaded `Dataset`.
+
+  Raises:
+    ValueError: an unknown source, or a keyword its loader does not take
+      (naming it and the accepted ones); the loader's own errors.
+  """
+  accepted = accepted_arguments(source)
+  unknown = sorted(set(kwargs) - set(accepted))
+  if unknown:
+    raise ValueError(
+        f'input source {source!r} does not take {", ".join(map(repr, unknown))}'
+        f'; it accepts {", ".join(accepted)}.')
+  return SOURCES[source](**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def _check_source(source: str) -> None:
+  if source not in SOURCES:
+    raise ValueError(
+        f'Unknown input source {source!r}; expected one of {tuple(SOURCES)}.')

@@ -1,0 +1,142 @@
+"""What every loss here shares: validation, label masking, weights, epsilon.
+
+Conventions of all losses in this package: float32 arithmetic whatever the
+inputs' dtype, example weights with 0 for padding, and labels outside
+`[0, num_classes)` masked out (never clipped or wrapped onto another class:
+`clip` or `take`-style wrap-around would silently pull the feature toward,
+and move, another class's center).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# Divides a zero sum by this rather than by a zero weight (or count), so that
+# an all-padding batch has loss 0 (and gradient 0) instead of NaN; also the
+# floor of squared norms and distances whose square root is differentiated.
+EPSILON = 1e-12
+
+
+def check_labels(labels, rows, rows_name: str) -> None:
+  """Raises unless `labels` are integers, one per row of `rows` (2-D)."""
+  batch = jnp.shape(rows)[0]
+  if jnp.shape(labels) != (batch,):
+    raise ValueError(
+        f'labels must have shape (batch,) = ({batch},) to match {rows_name} '
+        f'of shape {jnp.shape(rows)}, got shape {jnp.shape(labels)}.')
+  if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+    raise TypeError(
+        f'labels must be integers, got dtype {jnp.result_type(labels)}.')
+
+
+def check_rows(rows, labels, weights=None, *, rows_name: str, columns: str,
+               weights_name: str = 'weights') -> None:
+  """Raises unless `rows` is (batch, columns) floating point, with one
+  integer label and (when given) one weight per row.
+
+  The one shape check of every loss here (at trace time).
+
+  Args:
+    rows: the per-example arrays: features, logits or cosines.
+    labels: should be (batch,) integers.
+    weights: should be None or (batch,).
+    rows_name: `rows`' argument name, for the messages.
+    columns: what the second dimension is, e.g. 'num_classes'.
+    weights_name: `weights`' argument name, for the messages.
+  """
+  if jnp.ndim(rows) != 2:
+    raise ValueError(
+        f'{rows_name} must have shape (batch, {columns}), got shape '
+        f'{jnp.shape(rows)}.')
+  if not jnp.issubdtype(jnp.result_type(rows), jnp.floating):
+    raise TypeError(
+        f'{rows_name} must be floating point, got dtype '
+        f'{jnp.result_type(rows)}.')
+  check_labels(labels, rows, rows_name)
+  batch = jnp.shape(rows)[0]
+  if weights is not None and jnp.shape(weights) != (batch,):
+    raise ValueError(
+        f'{weights_name} must have shape (batch,) = ({batch},) to match '
+        f'{rows_name} of shape {jnp.shape(rows)}, got shape '
+        f'{jnp.shape(weights)}.')
+
+
+def valid_label_mask(labels: Array, num_classes: int) -> Array:
+  """True where `0 <= label < num_classes`."""
+  # Compare in (at least) int32: in uint8, num_classes = 300 would wrap to 44.
+  labels = jnp.asarray(labels)
+  labels = labels.astype(jnp.promote_types(labels.dtype, jnp.int32))
+  return (labels >= 0) & (labels < num_classes)
+
+
+def invalid_label_count(labels: Array, num_classes: int,
+                        weights: Optional[Array] = None) -> Array:
+  """Number of examples (with non-zero weight) whose label is out of range."""
+  invalid = ~valid_label_mask(labels, num_classes)
+  if weights is not None:
+    invalid &= weights != 0
+  return jnp.sum(invalid, dtype=jnp.int32)
+
+
+
+def effective_weights(labels: Array, num_classes: int,
+                      weights: Optional[Array] = None) -> Array:
+  """float32 example weights (1 by default) with out-of-range labels zeroed."""
+  valid = valid_label_mask(labels, num_classes)
+  if weights is None:
+    return valid.astype(jnp.float32)
+  return jnp.where(valid, jnp.asarray(weights, jnp.float32), 0.0)
+
+
+def explicit_mesh(x) -> Optional[jax.sharding.AbstractMesh]:
+  """The mesh `x` is sharded over in JAX's explicit-sharding mode, if any.
+
+  On such meshes (the default of `jax.make_mesh`) JAX asks for the output
+  sharding of a gather, refuses to sort along a sharded axis, and forbids a
+  (b, B) matrix sharded on both axes.
+  """
+  mesh = getattr(getattr(jax.typeof(x), 'sharding', None), 'mesh', None)
+  if (mesh is None or mesh.empty
+      or jax.sharding.AxisType.Explicit not in mesh.axis_types):
+    return None
+  return mesh
+
+
+def replicate_explicit(x: Array) -> Array:
+  """Gathers an explicitly sharded batch array onto every device.
+
+  Under plain `jit` on an explicit-sharding mesh this is the all-gather that
+  a `shard_map` step does by hand; elsewhere `x` is returned as is.
+  """
+  mesh = explicit_mesh(x)
+  if mesh is None:
+    return x
+  return jax.sharding.reshard(
+      x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+def l2_normalize(x: jax.Array, axis: int = -1,
+                 epsilon: float = EPSILON) -> jax.Array:
+  """Scales `x` to unit L2 norm along `axis`; a zero vector stays zero.
+
+  The squared norm is floored at `epsilon**2` rather than adding `epsilon` to
+  the norm: vectors of ordinary size come out exactly unit length (so cosines
+  stay within [-1, 1]), and neither the value nor the gradient is NaN at zero
+  (the gradient of `sqrt` is infinite there, that of the sum of squares is 0).
+
+  Args:
+    x: the array to normalise.
+    axis: the axis holding the vectors.
+    epsilon: norms below this are treated as `epsilon`.
+
+  Returns:
+    `x / max(||x||, epsilon)`, same shape and dtype as `x`.
+  """
+  squared_norm = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(squared_norm, epsilon**2))
+

@@ -1,0 +1,176 @@
+"""The train state and what builds it: model, schedule, optimizer, centers.
+
+The Flax examples' factories: `create_model`, `create_learning_rate_fn`,
+`create_optimizer`, `create_train_state`, each reading the experiment config
+it is given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from centerloss_jax import models
+from centerloss_jax.training.objectives import ClassifierLoss
+
+class TrainState(train_state.TrainState):
+  """Params and optimizer state (from Flax) plus the non-differentiable parts.
+
+  Attributes:
+    centers: (num_classes, feature_dim) float32 class centers, moved by Eq. 4,
+      never by the optimizer.
+    batch_stats: the model's batch-norm statistics ({} for LeNet++).
+    rng: PRNG key for stochastic layers (the `'dropout'` stream), folded with
+      the step and the replica index in `train_step`.
+  """
+  centers: jax.Array
+  batch_stats: Any
+  rng: jax.Array
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int, *,
+                 use_classifier: bool = True):
+  """The model named by `config.model`, returning `(features, logits)`.
+
+  Its head is linear for softmax and cosine for the margin losses
+  (`config.loss.classifier`). With `use_classifier=False` it returns
+  `(features, None)`: the classifier is then applied by the class-sharded
+  step from `params['classifier']`.
+  """
+  kwargs = dict(config.model)
+  name = kwargs.pop('name')
+  kwargs['dtype'] = jnp.dtype(kwargs.get('dtype', 'float32'))
+  kwargs['classifier'] = ClassifierLoss.from_config(
+      config.loss).model_classifier
+  if not use_classifier:
+    kwargs['use_classifier'] = False
+  return models.create_model(name, num_classes=num_classes, **kwargs)
+
+
+def check_class_shards(config: ml_collections.ConfigDict,
+                       num_classes: int) -> int:
+  """Validates `config.class_shards` against the mode, classes and losses.
+
+  The one check of class sharding in a run (`create_train_state` makes it);
+  `parallel.DataParallel.create` checks the mesh side of it.
+
+  Returns:
+    The number of class shards (1: the classes are not sharded).
+
+  Raises:
+    ValueError: class_shards < 1, > 1 without parallel mode 'shard_map', not
+      dividing num_classes, or with a margin or pair loss.
+  """
+  class_shards = config.class_shards
+  if class_shards < 1:
+    raise ValueError(f'class_shards must be >= 1, got {class_shards}.')
+  if class_shards > 1 and config.parallel != 'shard_map':
+    raise ValueError(
+        f"class_shards={class_shards} needs parallel mode 'shard_map' (a "
+        f"2-D ('batch', 'classes') mesh), got parallel={config.parallel!r}.")
+  if num_classes % class_shards:
+    raise ValueError(
+        f'class_shards={class_shards} does not divide num_classes='
+        f'{num_classes}: every shard must hold as many classes.')
+  if class_shards > 1 and (config.loss.classifier != 'softmax'
+                           or config.loss.pair != 'none'):
+    raise ValueError(
+        f'class_shards={class_shards} supports loss.classifier=softmax and '
+        f'loss.pair=none only, got {config.loss.classifier!r} and '
+        f'{config.loss.pair!r}.')
+  return class_shards
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict,
+                            steps_per_epoch: int) -> optax.Schedule:
+  """`config.schedule`: 'constant', 'piecewise' or 'cosine' (with warm-up).
+
+  Piecewise boundaries are given in steps (`config.lr_boundaries`) with the
+  factor applied at each (`config.lr_decay_factor`), as in the reference
+  Caffe solver (x0.8 at 5K, 8K and 10K iterations).
+  """
+  lr = config.learning_rate
+  if config.schedule == 'constant':
+    return optax.constant_schedule(lr)
+  if config.schedule == 'piecewise':
+    return optax.piecewise_constant_schedule(
+        lr, {int(b): config.lr_decay_factor for b in config.lr_boundaries})
+  if config.schedule == 'cosine':
+    total = config.num_epochs * steps_per_epoch
+    warmup = config.warmup_epochs * steps_per_epoch
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total)
+  raise ValueError(f"Unknown schedule {config.schedule!r}; expected one of "
+                   "'constant', 'piecewise', 'cosine'.")
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     learning_rate_fn: optax.Schedule
+                     ) -> optax.GradientTransformation:
+  """SGD with momentum (the reference solver) or AdamW, with weight decay.
+
+  Weight decay is applied to kernels only (not biases or PReLU slopes). It
+  cannot reach the centers: they are not params.
+  """
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  if config.optimizer == 'sgd':
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay, mask=decay_mask),
+        optax.sgd(learning_rate_fn, momentum=config.momentum))
+  if config.optimizer == 'adamw':
+    return optax.adamw(learning_rate_fn, weight_decay=config.weight_decay,
+                       mask=decay_mask)
+  raise ValueError(f"Unknown optimizer {config.optimizer!r}; expected 'sgd' "
+                   "or 'adamw'.")
+
+
+def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, *,
+                       image_shape: tuple[int, ...], num_classes: int,
+                       learning_rate_fn: optax.Schedule) -> TrainState:
+  """Initialises the model, optimizer and (zero) centers on the host device.
+
+  Args:
+    config: experiment config (`model`, optimizer fields, `seed`).
+    rng: PRNG key for the params and the state's own RNG.
+    image_shape: one image's shape, e.g. (28, 28, 1).
+    num_classes: number of classes (classifier outputs and centers).
+    learning_rate_fn: the schedule, from `create_learning_rate_fn`.
+
+  Returns:
+    A TrainState with centers of shape (num_classes, model.feature_dim).
+    With `config.class_shards > 1` the classifier's (feature_dim,
+    num_classes) kernel is `params['classifier']['kernel']`, outside the
+    model, so `DataParallel.put_state` can split it.
+  """
+  class_shards = check_class_shards(config, num_classes)
+  model = create_model(config, num_classes)
+  init_rng, state_rng = jax.random.split(rng)
+  variables = jax.jit(model.init, static_argnames='train')(
+      init_rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
+  params = variables['params']
+  batch_stats = variables.get('batch_stats', {})
+  features, _ = jax.eval_shape(
+      lambda v: model.apply(v, jnp.zeros((1,) + tuple(image_shape))),
+      variables)
+  # Zeros, as the reference layer: Eq. 4 moves each center to its class within
+  # a few batches, and no random center can start closer.
+  centers = jnp.zeros((num_classes, features.shape[-1]), jnp.float32)
+  apply_fn = model.apply
+  if class_shards > 1:
+    # The kernel the replicated model initialised, moved out of it: the same
+    # init and RNG use, so class sharding changes the layout, not the run.
+    # (Built whole on the host: 256 MB at 131K x 512, fine; an init already
+    # split over devices would be the next step for millions of classes.)
+    params = dict(params)
+    kernel = params.pop(models.classifier_scope(config.model.name))['kernel']
+    params['classifier'] = {'kernel': kernel}
+    apply_fn = create_model(config, num_classes, use_classifier=False).apply
+  return TrainState.create(
+      apply_fn=apply_fn, params=params,
+      tx=create_optimizer(config, learning_rate_fn), centers=centers,
+      batch_stats=batch_stats, rng=state_rng)
+

@@ -1,0 +1,366 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+The edge where the experiment config is read: it loads the dataset, builds
+the state, the objective and the class layout from the config, and hands
+explicit values to everything below (`steps`, `features`, `parallel`,
+`checkpointing`, `reporting`). The loop trains, logs, evaluates (closed-set
+metrics and, for face datasets, the open-set protocols), checkpoints and
+plots; a rerun with the same workdir resumes.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import signal
+import time
+from typing import Any
+
+from absl import logging
+from clu import parameter_overview
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from centerloss_jax import data
+from centerloss_jax import losses
+from centerloss_jax import metrics
+from centerloss_jax import reporting
+from centerloss_jax.training import checkpointing
+from centerloss_jax.training.class_sharded_steps import ShardedClasses
+from centerloss_jax.training import features as features_lib
+from centerloss_jax.training.objectives import Objective
+from centerloss_jax.training import parallel
+from centerloss_jax.training import state as state_lib
+from centerloss_jax.training import steps
+
+Metrics = steps.Metrics
+
+# Fields of `config.input` the trainer applies itself (augmentation); the
+# others are the keyword arguments of the source's loader.
+AUGMENTATION_FIELDS = ('crop_padding', 'flip')
+
+
+class NonFiniteLossError(RuntimeError):
+  """Training produced a NaN or infinite loss; the run stops."""
+
+
+def load_dataset(input_config: ml_collections.ConfigDict) -> data.Dataset:
+  """The dataset of `config.input`: `source` and its loader's arguments.
+
+  Raises:
+    ValueError: an unknown source, or a field its loader does not take
+      (naming it and the accepted ones).
+  """
+  kwargs = input_config.to_dict()
+  for field in AUGMENTATION_FIELDS:
+    kwargs.pop(field, None)
+  return data.load_dataset(**kwargs)
+
+
+def class_layout(config: ml_collections.ConfigDict) -> steps.ClassLayout:
+  """Where the classes live: replicated, or split over `class_shards`."""
+  if config.class_shards == 1:
+    return steps.ReplicatedClasses()
+  return ShardedClasses(dtype=jnp.dtype(config.model.dtype))
+
+
+def step_functions(config: ml_collections.ConfigDict):
+  """(train step, eval step) for `DataParallel.compile_*_step`."""
+  objective = Objective.from_config(config)
+  classes = class_layout(config)
+  return (functools.partial(steps.train_step, objective=objective,
+                            classes=classes),
+          functools.partial(steps.eval_step,
+                            classifier_loss=objective.classifier_loss,
+                            classes=classes))
+
+
+def compile_feature_step(dp: parallel.DataParallel,
+                         config: ml_collections.ConfigDict):
+  """The open-set feature step of `config` (mirror, class layout) for `dp`."""
+  return features_lib.compile_feature_step(
+      dp, mirror=config.evaluation.mirror, classes=class_layout(config))
+
+
+def summarize(metric_sums: Metrics) -> dict[str, float]:
+  """Turns accumulated metric sums into means (and the invalid-label count).
+
+  Per-example metrics are divided by the summed weight (so 'pair_positives'
+  is same-identity pairs, or triplet anchors, per example); 'pair_loss' by
+  the summed pair (or anchor) count, so over several steps it is the mean
+  per pair, not a mean of per-step means.
+  """
+  sums = parallel.fetch_replicated(metric_sums)
+  weight = max(float(sums['weight']), losses.EPSILON)
+  out = {k: float(v) / weight for k, v in sums.items()
+         if k not in ('weight', 'invalid_labels', 'pair_loss', 'pair_count')}
+  if 'pair_loss' in sums:  # A mean over pairs (or anchors), not examples.
+    out['pair_loss'] = float(sums['pair_loss']) / max(
+        float(sums['pair_count']), 1.0)
+  out['invalid_labels'] = int(sums['invalid_labels'])
+  out['num_examples'] = float(sums['weight'])
+  return out
+
+
+def evaluate_split(eval_fn, dp: parallel.DataParallel, state,
+                   split: data.Split, *, batch_size: int,
+                   seed: int) -> dict[str, Any]:
+  """Runs the eval step over a whole split (each example exactly once).
+
+  Returns:
+    {'metrics': summarized metrics plus `metrics.compactness_metrics`,
+     'features', 'labels' (of the real examples), 'centers'}.
+  """
+  metric_sums, split_features, labels = None, [], []
+  for batch in data.epoch_batches(
+      split, global_batch_size=batch_size, epoch=0, seed=seed,
+      shuffle=False, process_index=jax.process_index(),
+      process_count=jax.process_count()):
+    sums, outputs = eval_fn(state, dp.put_batch(batch))
+    metric_sums = sums if metric_sums is None else jax.tree.map(
+        jnp.add, metric_sums, sums)
+    outputs = parallel.fetch_global(outputs)  # All processes' examples.
+    real = outputs['weight'] > 0
+    split_features.append(outputs['feature'][real])
+    labels.append(outputs['label'][real])
+  split_features, labels = np.concatenate(split_features), np.concatenate(labels)
+  centers = parallel.fetch_global(dp.host_state(state).centers)
+  results = summarize(metric_sums)
+  results.update(metrics.compactness_metrics(split_features, labels, centers))
+  return {'metrics': results, 'features': split_features, 'labels': labels,
+          'centers': centers}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, float]:
+  """Trains `config`'s objective, evaluating, checkpointing, plotting.
+
+  Resumes from the latest checkpoint in `workdir/checkpoints` if there is one.
+  Writes `metrics.jsonl`, TensorBoard event files, for 2-D features
+  `features_step_<N>.png`, and for face datasets with verification pairs
+  `roc_step_<N>.png` and `roc.npz` (the latest ROC) into `workdir`. SIGTERM
+  (preemption) saves a checkpoint before returning.
+
+  Args:
+    config: the experiment config (see configs/default.py).
+    workdir: directory for checkpoints, metrics and plots.
+
+  Returns:
+    The final evaluation metrics: the closed-set test split's, and the
+    open-set ones named '<set>/<metric>' (e.g. 'lfw/accuracy').
+
+  Raises:
+    NonFiniteLossError: the loss became NaN/inf; the last good checkpoint is
+      kept and the message names the step.
+  """
+  workdir = os.path.abspath(workdir)
+  is_main = jax.process_index() == 0
+  dataset = load_dataset(config.input)
+  dp = parallel.DataParallel.create(config.parallel,
+                                    class_shards=config.class_shards)
+  dp.check_batch_size(config.batch_size)
+
+  # K > 0: P x K batches for the pair losses (an epoch then leaves out each
+  # identity's remainder of images, n % K, drawn anew every epoch).
+  images_per_identity = config.batch_images_per_identity
+  epoch_examples = dataset.train.num_examples
+  if images_per_identity:
+    epoch_examples = data.batching.balanced_epoch_length(
+        dataset.train.labels, images_per_identity)
+  steps_per_epoch = data.batching.steps_per_epoch(
+      epoch_examples, config.batch_size, drop_remainder=True)
+  if steps_per_epoch == 0:
+    raise ValueError(f'batch_size {config.batch_size} exceeds the '
+                     f'{epoch_examples} training examples of an epoch.')
+  num_steps = (config.num_train_steps if config.num_train_steps > 0 else
+               int(math.ceil(config.num_epochs * steps_per_epoch)))
+  eval_every = (config.eval_every_steps if config.eval_every_steps > 0
+                else steps_per_epoch)
+
+  learning_rate_fn = state_lib.create_learning_rate_fn(config, steps_per_epoch)
+  state = state_lib.create_train_state(
+      config, jax.random.key(config.seed), image_shape=dataset.image_shape,
+      num_classes=dataset.num_classes, learning_rate_fn=learning_rate_fn)
+  writer = reporting.writers.create_writer(workdir, is_main_process=is_main)
+  manager = checkpointing.create_manager(workdir,
+                                         max_to_keep=config.keep_checkpoints)
+  restored = checkpointing.restore_latest(manager, state)
+  if restored is not None:
+    state, saved_position = restored
+    logging.info('Resumed from the checkpoint at step %d.', int(state.step))
+  start_step = int(state.step)
+  if (restored is not None
+      and saved_position != _data_position(start_step, steps_per_epoch)):
+    # The data order is a function of the step for a fixed batch size; a
+    # changed batch size (or dataset) resumes from a different position.
+    logging.warning('The checkpoint was at data position %s, this config '
+                    'resumes at %s: batch size or dataset changed?',
+                    saved_position,
+                    _data_position(start_step, steps_per_epoch))
+  if start_step == 0 and is_main:
+    writer.write_hparams(config.to_dict())
+    logging.info('Parameters:\n%s',
+                 parameter_overview.get_parameter_overview(state.params))
+
+  state = dp.put_state(state)
+  train_step_fn, eval_step_fn = step_functions(config)
+  train_fn = dp.compile_train_step(train_step_fn)
+  eval_fn = dp.compile_eval_step(eval_step_fn)
+  feature_fn = (compile_feature_step(dp, config)
+                if dataset.verification or dataset.identification else None)
+  augment_fn = data.batching.make_augment_fn(
+      crop_padding=config.input.crop_padding, flip=config.input.flip)
+  evaluate = functools.partial(_evaluate_and_write, eval_fn, feature_fn, dp,
+                               dataset=dataset, config=config, writer=writer,
+                               workdir=workdir)
+  save = functools.partial(_save_checkpoint, manager, dp,
+                           steps_per_epoch=steps_per_epoch)
+
+  preempted = []
+  previous_handler = signal.signal(
+      signal.SIGTERM, lambda signum, frame: preempted.append(signum))
+  try:
+    step, interval, interval_start = start_step, [], time.perf_counter()
+    final = None
+    while step < num_steps and not preempted:
+      position = _data_position(step, steps_per_epoch)
+      batches = data.epoch_batches(
+          dataset.train, global_batch_size=config.batch_size,
+          epoch=position['epoch'], seed=config.seed, shuffle=True,
+          start_step=position['step_in_epoch'], augment_fn=augment_fn,
+          drop_remainder=True, images_per_identity=images_per_identity,
+          process_index=jax.process_index(),
+          process_count=jax.process_count())
+      for batch in batches:
+        state, step_metrics = train_fn(state, dp.put_batch(batch))
+        interval.append(step_metrics)
+        step += 1
+        if step % config.log_every_steps == 0 or step == num_steps:
+          summary = _check_finite_and_summarize(interval, step - len(interval))
+          elapsed = time.perf_counter() - interval_start
+          summary['steps_per_second'] = len(interval) / elapsed
+          summary['learning_rate'] = float(learning_rate_fn(step - 1))
+          writer.write_scalars(step, {f'train/{k}': v
+                                      for k, v in summary.items()})
+          logging.info('step %d/%d, %.2f steps/s, ETA %s', step, num_steps,
+                       summary['steps_per_second'], _format_seconds(
+                           (num_steps - step) / summary['steps_per_second']))
+          interval, interval_start = [], time.perf_counter()
+        if step % eval_every == 0 or step == num_steps:
+          final = evaluate(state, step)
+        if step % config.checkpoint_every_steps == 0 or step == num_steps:
+          save(state, interval, step=step)
+        if not interval:  # Steps/s measures training, not eval or saving.
+          interval_start = time.perf_counter()
+        if step >= num_steps or preempted:
+          break
+    if preempted:
+      logging.warning('SIGTERM received: saving a checkpoint at step %d and '
+                      'stopping; rerun with the same workdir to resume.', step)
+      save(state, interval, step=step)
+    elif final is None:  # Resumed after the end: evaluate what was restored.
+      final = evaluate(state, step)
+  finally:
+    signal.signal(signal.SIGTERM, previous_handler)
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
+    writer.close()
+  return final['metrics'] if final is not None else {}
+
+
+def _data_position(step: int, steps_per_epoch: int) -> dict[str, int]:
+  """Where the input pipeline stands after `step` steps."""
+  return {'epoch': step // steps_per_epoch,
+          'step_in_epoch': step % steps_per_epoch}
+
+
+def _save_checkpoint(manager, dp: parallel.DataParallel, state,
+                     interval: list[Metrics], *, step: int,
+                     steps_per_epoch: int) -> None:
+  """Checkpoints `state` as `step`, unless it is not finite.
+
+  Never lets a non-finite state replace the last good checkpoint: the
+  not-yet-logged steps of `interval` are checked first (naming a bad step),
+  then the params and centers.
+  """
+  if interval:
+    _check_finite_and_summarize(interval, step - len(interval))
+  host_state = dp.host_state(state)
+  if not parallel.fetch_replicated(
+      _all_finite((host_state.params, host_state.centers))):
+    raise NonFiniteLossError(
+        f'Non-finite params or centers after step {step}. Training '
+        'stopped; the checkpoints in the workdir are from before it.')
+  checkpointing.save(manager, host_state, step=step,
+                     data_position=_data_position(step, steps_per_epoch),
+                     force=True)
+
+
+def _check_finite_and_summarize(step_metrics: list[Metrics],
+                                first_step: int) -> dict[str, float]:
+  """Sums per-step metrics; raises naming the first step with a bad loss.
+
+  Checked at logging time rather than every step: the per-step values stay on
+  the device until then, so the check does not stall the pipeline.
+  """
+  host = parallel.fetch_replicated(step_metrics)
+  for offset, sums in enumerate(host):
+    for key in ('cross_entropy', 'center_loss', 'pair_loss'):
+      if key in sums and not np.isfinite(sums[key]):
+        raise NonFiniteLossError(
+            f'Non-finite {key} ({sums[key]}) at step {first_step + offset + 1}. '
+            'Training stopped; the checkpoints in the workdir are from before '
+            'it. Try a smaller center_loss.weight or learning_rate.')
+  return summarize(jax.tree.map(lambda *xs: np.sum(xs, axis=0), *host))
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x))
+                            for x in jax.tree.leaves(tree)]))
+
+
+def _evaluate_and_write(eval_fn, feature_fn, dp, state, step, *, dataset,
+                        config, writer, workdir) -> dict[str, Any]:
+  """Evaluates the closed and open sets; writes metrics and plots."""
+  result = {'metrics': {}, 'features': np.zeros((0, 0))}
+  if dataset.test.num_examples:
+    result = evaluate_split(eval_fn, dp, state, dataset.test,
+                            batch_size=config.batch_size, seed=config.seed)
+    writer.write_scalars(step, {f'test/{k}': v
+                                for k, v in result['metrics'].items()})
+  if feature_fn is not None:
+    open_set, curves = features_lib.evaluate_open_set(
+        feature_fn, dp, state, dataset, config.evaluation,
+        batch_size=config.batch_size)
+    writer.write_scalars(step, open_set)
+    logging.info('Open-set metrics at step %d: %s', step, open_set)
+    result['metrics'].update(open_set)
+    if curves['roc'] and jax.process_index() == 0:
+      reporting.plots.plot_roc(
+          curves['roc'], path=os.path.join(workdir, f'roc_step_{step}.png'),
+          title=f'{dataset.name}, step {step}')
+      # The latest curve as data, for comparing runs (face_comparison).
+      far, tar = next(iter(curves['roc'].values()))
+      with reporting.atomic_write(os.path.join(workdir, 'roc.npz'),
+                                  'wb') as f:
+        np.savez(f, far=far, tar=tar, step=step)
+  if (config.plot_features and result['features'].shape[1] == 2
+      and jax.process_index() == 0):
+    image = reporting.plots.save_feature_plot(
+        os.path.join(workdir, f'features_step_{step}.png'),
+        result['features'], result['labels'], dataset.class_names,
+        centers=result['centers'],
+        title=(f'{dataset.name} test, step {step}, lambda '
+               f'{config.center_loss.weight:g}'))
+    writer.write_images(step, {'test/features': image})
+  return result
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(seconds)
+  return f'{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}'

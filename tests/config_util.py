@@ -1,0 +1,22 @@
+"""Experiment configs for tests: the tiny `runlocal` ones, with overrides."""
+
+from configs import default
+
+
+def runlocal_config(data_dir: str, **overrides):
+  """`configs/default.py:runlocal` reading IDX files from `data_dir`.
+
+  Args:
+    data_dir: the IDX files' directory (e.g. conftest's `tiny_idx_dir`).
+    **overrides: dotted field paths and their values, e.g.
+      `**{'loss.pair': 'contrastive'}` or `parallel='pmap'`.
+  """
+  config = default.get_config('runlocal')
+  config.input.data_dir = data_dir
+  for key, value in overrides.items():
+    section = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      section = section[parent]
+    section[leaf] = value
+  return config

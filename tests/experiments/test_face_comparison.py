@@ -1,0 +1,176 @@
+"""End to end: the face configs train, evaluate on unseen identities, and
+`python -m centerloss_jax.evaluate` reproduces the trainer's numbers."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from centerloss_jax.data import alignment
+from centerloss_jax.data import synthetic_faces
+from centerloss_jax import evaluate
+from centerloss_jax import training
+from configs import casia_webface_face_resnet
+from configs import synthetic_faces as synthetic_faces_config
+import repo_paths
+
+REPO_ROOT = repo_paths.REPO_ROOT
+
+
+def _run_module(*args, timeout=300):
+  return subprocess.run([sys.executable, '-m', *args], cwd=REPO_ROOT,
+                        check=True, capture_output=True, text=True,
+                        timeout=timeout)
+
+
+@pytest.fixture(scope='module')
+def synthetic_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('synthetic_faces'))
+  config = synthetic_faces_config.get_config('runlocal')
+  return workdir, training.train_and_evaluate(config, workdir)
+
+
+def test_synthetic_run_reports_open_set_metrics(synthetic_run):
+  workdir, metrics = synthetic_run
+  config = synthetic_faces_config.get_config('runlocal')
+  # runlocal: 20 verification identities, 10 folds of 2 + 2 pairs.
+  assert (metrics['synthetic_pairs/num_pairs']
+          == 10 * config.input.pairs_per_fold)
+  assert 0.0 <= metrics['synthetic_pairs/accuracy'] <= 1.0
+  assert 0.0 <= metrics['synthetic_pairs/auc'] <= 1.0
+  # 4 probe identities x 2 images: each image probes with the other as mate.
+  assert metrics['synthetic_identification/num_pairs'] == 8
+  assert metrics['synthetic_identification/num_distractors'] == 8
+  assert (metrics['synthetic_identification/rank1']
+          <= metrics['synthetic_identification/rank5']
+          <= metrics['synthetic_identification/rank10'])
+  assert metrics['num_examples'] == 16  # One closed-set test image each.
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  last = [r for r in records if 'synthetic_pairs/accuracy' in r][-1]
+  assert last['synthetic_pairs/accuracy'] == pytest.approx(
+      metrics['synthetic_pairs/accuracy'])
+  roc = np.load(os.path.join(workdir, 'roc.npz'))
+  assert roc['far'][0] == 0 and roc['tar'][-1] == 1
+  assert os.path.getsize(os.path.join(workdir, f'roc_step_{roc["step"]}.png')
+                         ) > 5_000
+
+
+def test_evaluate_cli_reproduces_the_trainers_metrics(synthetic_run,
+                                                      tmp_path):
+  workdir, metrics = synthetic_run
+  _run_module('centerloss_jax.evaluate',
+              '--config=configs/synthetic_faces.py:runlocal',
+              f'--workdir={workdir}', f'--output_dir={tmp_path}')
+  with open(tmp_path / 'evaluation.json') as f:
+    evaluated = json.load(f)
+  open_set = {k: v for k, v in metrics.items() if '/' in k}
+  cmc = evaluated.pop('synthetic_identification/cmc')
+  assert set(evaluated) == set(open_set) | {'step'}
+  for key, value in open_set.items():
+    assert evaluated[key] == pytest.approx(value, abs=1e-6), key
+  config = synthetic_faces_config.get_config('runlocal')
+  assert len(cmc) == config.evaluation.max_rank
+  assert cmc[0] == pytest.approx(metrics['synthetic_identification/rank1'])
+  assert cmc[9] == pytest.approx(metrics['synthetic_identification/rank10'])
+  assert list(cmc) == sorted(cmc)
+  assert os.path.getsize(tmp_path / 'roc.png') > 5_000
+
+
+def test_evaluate_without_checkpoint_says_so(tmp_path):
+  config = synthetic_faces_config.get_config('runlocal')
+  with pytest.raises(FileNotFoundError, match='No checkpoint under'):
+    evaluate.evaluate_checkpoint(config, str(tmp_path))
+  assert not (tmp_path / 'checkpoints').exists()
+
+
+def _write_face_folders(root, *, num_identities, images_per_identity, seed,
+                        first_identity, lfw_names=False):
+  """Synthetic faces as image files, and a landmark list for them."""
+  params = synthetic_faces.make_identities(
+      num_identities, seed=seed, first_identity=first_identity)
+  ids = np.repeat(params.identity_ids, images_per_identity)
+  images = synthetic_faces.render(params, ids, image_shape=(56, 48, 3),
+                                  seed=seed)
+  # The synthetic faces are drawn on the template: these landmarks make
+  # alignment (nearly) the identity map, exercising its whole path.
+  points = alignment.scale_template((56, 48))
+  lines = []
+  for n, image in enumerate(images):
+    identity, number = divmod(n, images_per_identity)
+    name = f'person_{identity}'
+    relative = (f'{name}/{name}_{number + 1:04d}.png' if lfw_names
+                else f'{name}/{number}.png')
+    os.makedirs(os.path.join(root, name), exist_ok=True)
+    Image.fromarray(image).save(os.path.join(root, relative))
+    coordinates = ' '.join(f'{v:.3f}' for v in points.reshape(-1))
+    lines.append(f'{relative} {identity} {coordinates}')
+  with open(os.path.join(root, 'landmarks.txt'), 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+
+
+def test_casia_config_runs_on_identity_folders_and_lfw_pairs(tmp_path):
+  train_dir, lfw_dir = tmp_path / 'casia', tmp_path / 'lfw'
+  _write_face_folders(str(train_dir), num_identities=8, images_per_identity=3,
+                      seed=0, first_identity=0)
+  _write_face_folders(str(lfw_dir), num_identities=4, images_per_identity=2,
+                      seed=0, first_identity=1000, lfw_names=True)
+  # Two folds of one matched and one mismatched pair each, LFW's format.
+  (lfw_dir / 'pairs.txt').write_text(
+      '2\t1\n'
+      'person_0\t1\t2\n'
+      'person_0\t1\tperson_1\t1\n'
+      'person_2\t1\t2\n'
+      'person_2\t2\tperson_3\t1\n')
+  # MegaFace layout: probe identities in folders, distractors nested anyhow.
+  probe_dir, distractor_dir = tmp_path / 'facescrub', tmp_path / 'megaface'
+  _write_face_folders(str(probe_dir), num_identities=3, images_per_identity=2,
+                      seed=0, first_identity=2000)
+  _write_face_folders(str(distractor_dir / 'nested'), num_identities=5,
+                      images_per_identity=1, seed=0, first_identity=3000)
+  config = casia_webface_face_resnet.get_config('runlocal')
+  config.input.probe_dir = str(probe_dir)
+  config.input.distractor_dir = str(distractor_dir)
+  config.input.train_dir = str(train_dir)
+  config.input.landmarks = str(train_dir / 'landmarks.txt')
+  config.input.pairs_dir = str(lfw_dir)
+  config.input.pairs_file = str(lfw_dir / 'pairs.txt')
+  config.input.pairs_landmarks = str(lfw_dir / 'landmarks.txt')
+  metrics = training.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert metrics['lfw/num_pairs'] == 4
+  # 3 probe identities x 2 images, each the other's mate; 5 distractors.
+  assert metrics['megaface/num_pairs'] == 6
+  assert metrics['megaface/num_distractors'] == 5
+  assert 0.0 <= metrics['megaface/rank1'] <= metrics['megaface/rank5'] <= 1.0
+  assert 0.0 <= metrics['lfw/accuracy'] <= 1.0
+  assert metrics['num_examples'] == 8  # The last image of each identity.
+  assert np.isfinite(metrics['cross_entropy'])
+
+
+def test_face_comparison_writes_table_and_roc(tmp_path):
+  result = _run_module(
+      'experiments.face_comparison',
+      '--config=configs/synthetic_faces.py:runlocal',
+      '--config.num_epochs=1', '--runs=softmax+triplet,arcface',
+      f'--workdir={tmp_path}')
+  with open(tmp_path / 'results.md') as f:
+    rows = [line.split('|')[1].strip() for line in f
+            if line.startswith('| ') and not line.startswith('| run')]
+  assert rows == ['softmax+triplet', 'arcface']
+  with open(tmp_path / 'results.json') as f:
+    results = json.load(f)
+  # Different objectives, different features: not one run reported twice.
+  assert (results['softmax+triplet']['synthetic_pairs/auc']
+          != results['arcface']['synthetic_pairs/auc']
+          or results['softmax+triplet']['cross_entropy']
+          != results['arcface']['cross_entropy'])
+  # P x K batches (K = 4): every anchor has positives and takes part.
+  with open(tmp_path / 'softmax+triplet' / 'metrics.jsonl') as f:
+    train = [r for r in map(json.loads, f) if 'train/pair_positives' in r]
+  assert train and all(r['train/pair_positives'] == 1.0 for r in train)
+  assert os.path.getsize(tmp_path / 'roc.png') > 5_000
+  assert 'softmax+triplet' in result.stdout

@@ -1,0 +1,245 @@
+"""Class-sharded centers and classifier (`config.class_shards`) in training.
+
+Mesh: the 8 fake CPU devices of conftest.py as ('batch', 'classes') = (2, 4).
+The class-sharded run is checked against the replicated shard_map run
+(class_shards=1) of the same config from the same init: same losses, metrics,
+backbone params, classifier kernel and centers after three steps, with the
+centers, the kernel and its momentum really split over 'classes'. The
+face_scale:runlocal config trains end to end, checkpoints and resumes, in one
+process x 8 devices and in 2 processes x 4 (jax.distributed over 127.0.0.1),
+with the same results.
+"""
+
+import functools
+import importlib
+import json
+import os
+import sys
+
+import jax
+from jax.sharding import PartitionSpec as P
+import numpy as np
+import optax
+import pytest
+
+from centerloss_jax import training
+from centerloss_jax.training import parallel
+from configs import default
+import multiprocess_util
+import repo_paths
+
+NUM_CLASSES = 16                       # 4 per class shard.
+IMAGE_SHAPE = (8, 8, 1)                # LeNet++'s three pools: 8 -> 1.
+GLOBAL_BATCH = 16
+_TOL = dict(rtol=1e-5, atol=1e-6)
+_CLASSIFIER = 'Dense_1'                # The replicated model's classifier.
+
+
+def _config(class_shards):
+  config = default.get_config()
+  config.model.stage_channels = (2, 2, 2)
+  config.model.feature_dim = 8
+  config.parallel = 'shard_map'
+  config.class_shards = class_shards
+  config.input.num_classes = NUM_CLASSES
+  config.center_loss.weight = 0.1
+  return config
+
+
+def _batches(num_batches=3, seed=0):
+  rng = np.random.default_rng(seed)
+  batches = []
+  for _ in range(num_batches):
+    labels = rng.integers(0, NUM_CLASSES - 1, size=GLOBAL_BATCH)
+    labels[-2:] = NUM_CLASSES - 1        # Only in the last batch replica.
+    labels[3] = NUM_CLASSES + 4          # Out of range: ignored and counted.
+    weights = np.ones(GLOBAL_BATCH, np.float32)
+    weights[0] = 0.0                     # Padding.
+    batches.append({
+        'image': rng.normal(size=(GLOBAL_BATCH,) + IMAGE_SHAPE).astype(
+            np.float32),
+        'label': labels.astype(np.int32), 'weight': weights})
+  return batches
+
+
+def _train(class_shards, batches):
+  """(initial host state, placed state after the steps, per-step metrics)."""
+  config = _config(class_shards)
+  state = training.create_train_state(
+      config, jax.random.key(0), image_shape=IMAGE_SHAPE,
+      num_classes=NUM_CLASSES, learning_rate_fn=optax.constant_schedule(0.05))
+  dp = parallel.DataParallel.create('shard_map', class_shards=class_shards)
+  train_step, eval_step = training.trainer.step_functions(config)
+  step = dp.compile_train_step(train_step)
+  placed = dp.put_state(state)
+  metrics = []
+  for batch in batches:
+    placed, sums = step(placed, dp.put_batch(batch))
+    metrics.append(training.trainer.summarize(sums))
+  eval_sums, outputs = dp.compile_eval_step(eval_step)(
+      placed, dp.put_batch(batches[0]))
+  metrics.append(training.trainer.summarize(eval_sums))
+  return state, placed, metrics, parallel.fetch_global(outputs)
+
+
+@pytest.fixture(scope='module')
+def runs():
+  batches = _batches()
+  return _train(1, batches), _train(4, batches)
+
+
+def _backbone(params):
+  return {k: v for k, v in params.items()
+          if k not in ('classifier', _CLASSIFIER)}
+
+
+def test_sharded_init_equals_replicated_init(runs):
+  (replicated, *_), (sharded, *_) = runs
+  assert _CLASSIFIER not in sharded.params
+  np.testing.assert_array_equal(sharded.params['classifier']['kernel'],
+                                replicated.params[_CLASSIFIER]['kernel'])
+  jax.tree.map(np.testing.assert_array_equal, _backbone(sharded.params),
+               _backbone(replicated.params))
+
+
+def test_three_steps_match_replicated_training(runs):
+  (_, reference, ref_metrics, ref_out), (_, state, metrics, out) = runs
+  for step, (got, want) in enumerate(zip(metrics, ref_metrics)):
+    assert got['invalid_labels'] == want['invalid_labels'] == 1
+    for key in ('cross_entropy', 'center_loss', 'accuracy', 'feature_norm',
+                'num_examples'):
+      np.testing.assert_allclose(got[key], want[key], **_TOL,
+                                 err_msg=f'{key}, step {step + 1} (4 = eval)')
+  assert int(state.step) == 3
+  centers = np.asarray(state.centers)
+  assert np.abs(centers).max() > 0, 'Set-up: the centers should move.'
+  np.testing.assert_allclose(centers, reference.centers, **_TOL,
+                             err_msg='centers after 3 steps')
+  np.testing.assert_allclose(state.params['classifier']['kernel'],
+                             reference.params[_CLASSIFIER]['kernel'], **_TOL,
+                             err_msg='classifier kernel after 3 steps')
+  jax.tree.map(functools.partial(np.testing.assert_allclose, **_TOL,
+                                 err_msg='backbone params after 3 steps'),
+               _backbone(state.params), _backbone(reference.params))
+  np.testing.assert_allclose(out['feature'], ref_out['feature'], **_TOL)
+  np.testing.assert_array_equal(out['label'], ref_out['label'])
+
+
+def test_centers_kernel_and_momentum_are_split_over_class_axis(runs):
+  _, (_, state, *_) = runs
+  assert state.centers.sharding.spec == P('classes', None)
+  assert state.centers.addressable_shards[0].data.shape == (
+      NUM_CLASSES // 4, 8)
+  kernel = state.params['classifier']['kernel']
+  assert kernel.sharding.spec == P(None, 'classes')
+  assert kernel.addressable_shards[0].data.shape == (8, NUM_CLASSES // 4)
+  twins = [(jax.tree_util.keystr(path), leaf) for path, leaf in
+           jax.tree_util.tree_leaves_with_path(state.opt_state)
+           if 'classifier' in jax.tree_util.keystr(path)]
+  assert twins, 'SGD momentum should hold a twin of the kernel.'
+  for name, leaf in twins:
+    assert leaf.sharding.spec == P(None, 'classes'), name
+  backbone = jax.tree.leaves(_backbone(state.params))
+  assert all(leaf.sharding.is_fully_replicated for leaf in backbone), [
+      leaf.sharding for leaf in backbone]
+
+
+def _face_scale_runlocal(data_dir):
+  config = importlib.import_module('configs.face_scale').get_config(
+      'runlocal')
+  config.input.data_dir = data_dir
+  config.num_epochs = 1.0                # 8 steps of 32.
+  config.checkpoint_every_steps = 4
+  return config
+
+
+@pytest.fixture(scope='module')
+def face_scale_run(tmp_path_factory, tiny_idx_dir):
+  """(workdir, final metrics) of face_scale:runlocal, 1 process x 8 devices."""
+  workdir = tmp_path_factory.mktemp('face_scale')
+  config = _face_scale_runlocal(tiny_idx_dir)
+  assert config.class_shards == 4 and config.input.num_classes == 64
+  return workdir, training.train_and_evaluate(config, str(workdir))
+
+
+def test_face_scale_runlocal_trains_checkpoints_and_resumes(face_scale_run,
+                                                            tiny_idx_dir):
+  workdir, metrics = face_scale_run
+  assert metrics['num_examples'] == 100  # runlocal's test_subset.
+  assert np.isfinite(metrics['cross_entropy'])
+  assert metrics['invalid_labels'] == 0
+  checkpoints = sorted(p.name for p in (workdir / 'checkpoints').iterdir())
+  assert checkpoints == ['4', '8'], checkpoints
+  # Resumed after the end: the sharded checkpoint is restored into the host
+  # state, re-sharded, and evaluates to the same numbers.
+  resumed = training.train_and_evaluate(_face_scale_runlocal(tiny_idx_dir),
+                                     str(workdir))
+  for key in ('cross_entropy', 'center_loss', 'accuracy',
+              'intra_class_spread'):
+    np.testing.assert_allclose(resumed[key], metrics[key], **_TOL)
+
+
+_WORKER = """
+import json, os, sys
+os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
+os.environ['JAX_PLATFORMS'] = 'cpu'
+import jax
+from centerloss_jax import training
+from centerloss_jax.training import parallel
+from test_class_sharded_steps import _face_scale_runlocal
+process_id, port, data_dir, workdir = sys.argv[1:]
+config = _face_scale_runlocal(data_dir)
+config.distributed.update(initialize=True, num_processes=2,
+                          coordinator_address=f'127.0.0.1:{port}',
+                          process_id=int(process_id))
+parallel.initialize_distributed(config.distributed)
+assert jax.device_count() == 8 and jax.local_device_count() == 4
+metrics = training.train_and_evaluate(config, workdir)
+resumed = training.train_and_evaluate(config, workdir)  # Restore, re-shard.
+if jax.process_index() == 0:
+  with open(os.path.join(workdir, 'metrics.json'), 'w') as f:
+    json.dump({'trained': metrics, 'resumed': resumed}, f)
+jax.distributed.shutdown()
+"""
+
+
+def test_two_processes_match_one_process(face_scale_run, tiny_idx_dir,
+                                         tmp_path):
+  """2 processes x 4 devices: placement, checkpoints and eval span hosts."""
+  worker = tmp_path / 'worker.py'
+  worker.write_text(_WORKER)
+  port = multiprocess_util.free_port()
+  multiprocess_util.run_processes(
+      [[sys.executable, str(worker), str(i), str(port), tiny_idx_dir,
+        str(tmp_path / 'run')] for i in range(2)],
+      pythonpath=[repo_paths.REPO_ROOT, repo_paths.TESTS_DIR,
+                  os.path.join(repo_paths.TESTS_DIR, 'training')],
+      timeout=240)
+  result = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
+  _, expected = face_scale_run
+  for run in ('trained', 'resumed'):
+    for key in ('cross_entropy', 'center_loss', 'accuracy', 'num_examples',
+                'intra_class_spread', 'inter_class_mean_distance'):
+      np.testing.assert_allclose(result[run][key], expected[key], rtol=1e-4,
+                                 err_msg=f'{run}: {key}')
+
+
+def test_class_shards_need_shard_map(tmp_path, tiny_idx_dir):
+  config = importlib.import_module('configs.face_scale').get_config(
+      'runlocal')
+  config.parallel = 'jit'
+  config.input.data_dir = tiny_idx_dir
+  with pytest.raises(ValueError, match=r"class_shards=4.*'shard_map'.*'jit'"):
+    training.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(ValueError, match=r"class_shards=4.*'pmap'"):
+    parallel.DataParallel.create('pmap', class_shards=4)
+
+
+def test_class_shards_must_divide_num_classes():
+  with pytest.raises(ValueError, match='class_shards=4 does not divide '
+                     'num_classes=10'):
+    training.create_train_state(
+        _config(4), jax.random.key(0), image_shape=IMAGE_SHAPE,
+        num_classes=10, learning_rate_fn=optax.constant_schedule(0.1))
+  with pytest.raises(ValueError, match='class_shards=3 does not divide the 8'):
+    parallel.DataParallel.create('shard_map', class_shards=3)

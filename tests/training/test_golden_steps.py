@@ -1,0 +1,96 @@
+"""Three train steps give the same bits as before the step scaffold was shared.
+
+The replicated and class-sharded steps were two hand-kept copies until they
+became one scaffold (`steps.train_step` with a `ClassLayout`). The digests
+below are of the params, centers and optimizer state after three steps of
+`configs/default.py:runlocal` on the tiny IDX data of `conftest.py`,
+recorded with the two-copy code (commit db6bd59) on this project's CPU
+machines (JAX 0.10.2). Every mode must still give exactly those bits: a
+refactoring of the steps changes no number.
+
+A change that is meant to change the numbers (a new reduction order, a JAX
+upgrade that compiles differently) updates the digests: each failure prints
+the digest it got; paste them here, saying why in the commit.
+"""
+
+import hashlib
+
+import jax
+import numpy as np
+import pytest
+
+from centerloss_jax import data
+from centerloss_jax import training
+from centerloss_jax.training import parallel
+import config_util
+
+STEPS = 3
+
+# name: (config overrides, sha256 of the state's leaves after STEPS steps).
+# pmap and shard_map agree with each other (8 replicas, the same
+# reductions); one-device jit sums in another order.
+GOLDEN = {
+    'jit': (
+        {'parallel': 'jit'},
+        '71e6fc79e05c728423d026dde0893c259a7abcb8a71e2cbbab5695f9a36b6b90'),
+    'pmap': (
+        {'parallel': 'pmap'},
+        '3079aae207c26689d9ae58c72bc0df2fe6103251430e9f036496a33a20eac273'),
+    'shard_map': (
+        {'parallel': 'shard_map'},
+        '3079aae207c26689d9ae58c72bc0df2fe6103251430e9f036496a33a20eac273'),
+    'shard_map_class_shards_2': (
+        {'parallel': 'shard_map', 'class_shards': 2},
+        'b2aac9d9c6b9fb807eb96a27f3f008ec6fed7a34d34e1b145c58bd711d5bfd30'),
+    'shard_map_cosface_contrastive': (
+        {'parallel': 'shard_map', 'loss.classifier': 'cosface',
+         'loss.pair': 'contrastive', 'batch_images_per_identity': 4},
+        '8c03efe24966c20576df0005f8ca9f3303288b3fcca20a6b2e689f47f2cabb56'),
+}
+
+
+def _digest(tree) -> str:
+  """sha256 of every leaf's path, dtype, shape and bytes, in path order."""
+  leaves = [(jax.tree_util.keystr(path), parallel.fetch_global(leaf))
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  digest = hashlib.sha256()
+  for path, leaf in sorted(leaves, key=lambda item: item[0]):
+    leaf = np.asarray(leaf)
+    for part in (path, str(leaf.dtype), str(leaf.shape)):
+      digest.update(part.encode())
+    digest.update(leaf.tobytes())
+  return digest.hexdigest()
+
+
+def _state_digest(data_dir, overrides) -> str:
+  """The digest of (params, centers, opt_state) after STEPS train steps."""
+  config = config_util.runlocal_config(data_dir, **overrides)
+  dataset = training.trainer.load_dataset(config.input)
+  state = training.create_train_state(
+      config, jax.random.key(config.seed), image_shape=dataset.image_shape,
+      num_classes=dataset.num_classes,
+      learning_rate_fn=training.state.create_learning_rate_fn(config, 8))
+  dp = parallel.DataParallel.create(config.parallel,
+                                    class_shards=config.class_shards)
+  state = dp.put_state(state)
+  step = dp.compile_train_step(training.trainer.step_functions(config)[0])
+  batches = data.epoch_batches(
+      dataset.train, global_batch_size=config.batch_size, epoch=0,
+      seed=config.seed, shuffle=True, drop_remainder=True,
+      images_per_identity=config.batch_images_per_identity)
+  for _, batch in zip(range(STEPS), batches):
+    state, _ = step(state, dp.put_batch(batch))
+  host = dp.host_state(state)
+  return _digest((host.params, host.centers, host.opt_state))
+
+
+@pytest.mark.parametrize('name', sorted(GOLDEN))
+def test_three_steps_are_bit_identical_to_the_recorded_ones(name,
+                                                            tiny_idx_dir):
+  overrides, expected = GOLDEN[name]
+  got = _state_digest(tiny_idx_dir, overrides)
+  assert got == expected, (
+      f'{name}: params, centers or optimizer state after {STEPS} steps '
+      f'differ from the recorded bits: got digest {got} (see the module '
+      'docstring).')
+

@@ -1,0 +1,191 @@
+"""End-to-end tests of `train_and_evaluate` and `main` on tiny IDX data."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from centerloss_jax import training
+from centerloss_jax.training import checkpointing
+import config_util
+import repo_paths
+
+REPO_ROOT = repo_paths.REPO_ROOT
+
+
+def _config(data_dir, **overrides):
+  return config_util.runlocal_config(data_dir, **overrides)
+
+
+@pytest.fixture(scope='module')
+def finished_run(tiny_idx_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('run'))
+  metrics = training.train_and_evaluate(_config(tiny_idx_dir), workdir)
+  return workdir, metrics
+
+
+def test_run_writes_metrics_plot_and_checkpoints(finished_run):
+  workdir, metrics = finished_run
+  # runlocal: 256 examples / batch 32 = 8 steps per epoch, 2 epochs.
+  assert metrics['num_examples'] == 100, 'each test example exactly once'
+  assert 0.0 <= metrics['accuracy'] <= 1.0
+  for key in ('intra_class_spread', 'inter_class_min_distance',
+              'spread_to_separation', 'center_loss'):
+    assert np.isfinite(metrics[key]), key
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  assert any('train/cross_entropy' in r for r in records)
+  test_records = [r for r in records if 'test/accuracy' in r]
+  assert [r['step'] for r in test_records] == [8, 16]
+  assert test_records[-1]['test/accuracy'] == pytest.approx(
+      metrics['accuracy'])
+  for step in (8, 16):
+    assert os.path.getsize(
+        os.path.join(workdir, f'features_step_{step}.png')) > 1000
+  assert any(name.startswith('events.out.tfevents')
+             for name in os.listdir(workdir))
+  assert sorted(int(s) for s in os.listdir(
+      os.path.join(workdir, 'checkpoints')) if s.isdigit()) == [8, 12, 16]
+
+
+def test_centers_are_trained_and_checkpointed(finished_run, tiny_idx_dir):
+  workdir, _ = finished_run
+  manager = checkpointing.create_manager(workdir, max_to_keep=3)
+  state = _abstract_state(tiny_idx_dir)
+  restored, position = checkpointing.restore_latest(manager, state)
+  assert int(restored.step) == 16
+  assert position == {'epoch': 2, 'step_in_epoch': 0}
+  centers = np.asarray(restored.centers)
+  assert centers.shape == (10, 2)
+  assert np.abs(centers).max() > 0, 'centers never left their zero init'
+
+
+def test_restore_into_an_eval_shape_target(finished_run, tiny_idx_dir):
+  """`jax.eval_shape` of the state is a valid (and cheap) restore target."""
+  workdir, _ = finished_run
+  manager = checkpointing.create_manager(workdir, max_to_keep=3)
+  state = _abstract_state(tiny_idx_dir)
+  expected, _ = checkpointing.restore_latest(manager, state)
+  restored, _ = checkpointing.restore_latest(
+      manager, jax.eval_shape(lambda s: s, state))
+  jax.tree.map(np.testing.assert_array_equal,
+               jax.random.key_data(restored.rng),
+               jax.random.key_data(expected.rng))
+  jax.tree.map(np.testing.assert_array_equal,
+               (restored.params, restored.centers, restored.opt_state),
+               (expected.params, expected.centers, expected.opt_state))
+
+
+def _abstract_state(data_dir):
+  config = _config(data_dir)
+  return training.create_train_state(
+      config, jax.random.key(0), image_shape=(28, 28, 1), num_classes=10,
+      learning_rate_fn=training.state.create_learning_rate_fn(config, 8))
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(
+    finished_run, tiny_idx_dir, tmp_path):
+  workdir, _ = finished_run
+  copy = tmp_path / 'checkpoints'
+  shutil.copytree(os.path.join(workdir, 'checkpoints'), copy)
+  # Overwrite every file of the latest step.
+  for root, _, files in os.walk(copy / '16'):
+    for name in files:
+      with open(os.path.join(root, name), 'w') as f:
+        f.write('garbage')
+  manager = checkpointing.create_manager(str(tmp_path), max_to_keep=3)
+  restored, _ = checkpointing.restore_latest(
+      manager, _abstract_state(tiny_idx_dir))
+  assert int(restored.step) == 12
+
+
+def test_non_finite_loss_stops_naming_the_step(tiny_idx_dir, tmp_path):
+  config = _config(tiny_idx_dir, learning_rate=1e12, num_epochs=1.0,
+                   checkpoint_every_steps=2)
+  with pytest.raises(training.trainer.NonFiniteLossError, match=r'at step \d+'):
+    training.train_and_evaluate(config, str(tmp_path))
+  # Whatever was saved before the blow-up is finite.
+  manager = checkpointing.create_manager(str(tmp_path), max_to_keep=3)
+  restored = checkpointing.restore_latest(manager,
+                                          _abstract_state(tiny_idx_dir))
+  if restored is not None:
+    for leaf in jax.tree.leaves(restored[0].params):
+      assert np.all(np.isfinite(leaf))
+
+
+def _main_command(data_dir, workdir, *extra):
+  return [sys.executable, '-m', 'centerloss_jax.main',
+          '--config=configs/default.py:runlocal',
+          f'--config.input.data_dir={data_dir}', f'--workdir={workdir}',
+          '--config.num_epochs=6', *extra]
+
+
+def _latest_checkpoint(workdir):
+  directory = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(directory):
+    return 0
+  return max([int(s) for s in os.listdir(directory) if s.isdigit()] or [0])
+
+
+def _run_until_checkpoint_then(sig, data_dir, workdir, min_step):
+  """Starts main, sends `sig` once a checkpoint >= min_step exists."""
+  process = subprocess.Popen(_main_command(data_dir, workdir), cwd=REPO_ROOT,
+                             stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.time() + 180
+  try:
+    while _latest_checkpoint(workdir) < min_step:
+      assert process.poll() is None, 'run ended before it could be stopped'
+      assert time.time() < deadline, 'no checkpoint within 180 s'
+      time.sleep(0.2)
+    process.send_signal(sig)
+    return process.wait(timeout=120)
+  finally:
+    if process.poll() is None:
+      process.kill()
+
+
+def _final_state(workdir, data_dir):
+  manager = checkpointing.create_manager(workdir, max_to_keep=3)
+  state, _ = checkpointing.restore_latest(manager, _abstract_state(data_dir))
+  return state
+
+
+def test_killed_and_preempted_runs_resume_to_the_same_result(
+    tiny_idx_dir, tmp_path):
+  """SIGKILL mid-run, and SIGTERM (preemption), then rerun: same result."""
+  num_steps = 6 * 8
+  reference = str(tmp_path / 'reference')
+  subprocess.run(_main_command(tiny_idx_dir, reference), cwd=REPO_ROOT,
+                 check=True, capture_output=True, timeout=300)
+
+  killed = str(tmp_path / 'killed')
+  _run_until_checkpoint_then(signal.SIGKILL, tiny_idx_dir, killed, 8)
+  assert _latest_checkpoint(killed) < num_steps
+
+  preempted = str(tmp_path / 'preempted')
+  returncode = _run_until_checkpoint_then(signal.SIGTERM, tiny_idx_dir,
+                                          preempted, 8)
+  assert returncode == 0, 'SIGTERM should save and exit cleanly'
+  assert _latest_checkpoint(preempted) < num_steps
+
+  for workdir in (killed, preempted):
+    subprocess.run(_main_command(tiny_idx_dir, workdir), cwd=REPO_ROOT,
+                   check=True, capture_output=True, timeout=300)
+  expected = _final_state(reference, tiny_idx_dir)
+  assert int(expected.step) == num_steps
+  for workdir in (killed, preempted):
+    resumed = _final_state(workdir, tiny_idx_dir)
+    assert int(resumed.step) == num_steps
+    np.testing.assert_allclose(resumed.centers, expected.centers, rtol=1e-6,
+                               atol=1e-7, err_msg=workdir)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        a, b, rtol=1e-6, atol=1e-7, err_msg=workdir),
+                 resumed.params, expected.params)
