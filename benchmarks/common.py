@@ -10,6 +10,15 @@ import jax
 _MIB = 2.0**20
 
 
+def summarize_ops(ops: Sequence[str]) -> str:
+  """'copy x2, wrapped_scatter': each op name once, with its count."""
+  counts = {}
+  for op in ops:
+    counts[op] = counts.get(op, 0) + 1
+  return ', '.join(f'{op} x{n}' if n > 1 else op for op, n in counts.items()
+                   ) or 'none'
+
+
 def time_threaded(compiled, centers, args, *, warmup, iters, min_iters,
                    max_seconds):
   """Median-able step times, feeding each step's centers to the next.
