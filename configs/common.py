@@ -4,6 +4,8 @@ A config file's `get_config(arg)` builds its full-size experiment; the
 `runlocal` variant shrinks it to seconds on a CPU, for laptops and tests.
 """
 
+from typing import Any, Mapping
+
 import ml_collections
 
 
@@ -16,6 +18,23 @@ def is_runlocal(arg: str | None) -> bool:
   if arg and arg != 'runlocal':
     raise ValueError(f"Unknown config variant {arg!r}; expected 'runlocal'.")
   return arg == 'runlocal'
+
+
+def with_overrides(config: ml_collections.ConfigDict,
+                   overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """A copy of `config` with dotted-path `overrides` applied.
+
+  Example: `with_overrides(config, {'loss.pair': 'contrastive'})`.
+  """
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for path, value in overrides.items():
+      *parents, leaf = path.split('.')
+      node = config
+      for parent in parents:
+        node = node[parent]
+      node[leaf] = value
+  return config
 
 
 def shrink_lenet_pp(config: ml_collections.ConfigDict) -> None:

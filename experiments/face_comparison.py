@@ -46,6 +46,7 @@ import numpy as np
 
 from centerloss_jax import reporting
 from centerloss_jax import training
+from configs import common
 
 # Each run: the config overrides that define its objective. The center-loss
 # weight and alpha of 'softmax+center' are the base config's. The pair
@@ -71,19 +72,6 @@ _RUNS = flags.DEFINE_list('runs', list(DEFAULT_RUNS),
                           f'Runs, among {list(RUNS)}.')
 config_flags.DEFINE_config_file('config', 'configs/synthetic_faces.py',
                                 'Base face config.', lock_config=True)
-
-
-def run_config(base, overrides: dict[str, Any]):
-  """A copy of `base` with dotted-path `overrides` applied."""
-  config = base.copy_and_resolve_references()
-  with config.unlocked():
-    for path, value in overrides.items():
-      *parents, leaf = path.split('.')
-      node = config
-      for parent in parents:
-        node = node[parent]
-      node[leaf] = value
-  return config
 
 
 def _percent(value: float | None) -> str:
@@ -136,7 +124,7 @@ def main(argv: Sequence[str]) -> None:
   results, curves = {}, {}
   for name in _RUNS.value:
     logging.info('Comparison run %s', name)
-    config = run_config(base, RUNS[name])
+    config = common.with_overrides(base, RUNS[name])
     workdir = os.path.join(root, name)
     results[name] = training.train_and_evaluate(config, workdir)
     roc = _final_roc(workdir)

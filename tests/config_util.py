@@ -1,5 +1,6 @@
 """Experiment configs for tests: the tiny `runlocal` ones, with overrides."""
 
+from configs import common
 from configs import default
 
 
@@ -11,12 +12,5 @@ def runlocal_config(data_dir: str, **overrides):
     **overrides: dotted field paths and their values, e.g.
       `**{'loss.pair': 'contrastive'}` or `parallel='pmap'`.
   """
-  config = default.get_config('runlocal')
-  config.input.data_dir = data_dir
-  for key, value in overrides.items():
-    section = config
-    *parents, leaf = key.split('.')
-    for parent in parents:
-      section = section[parent]
-    section[leaf] = value
-  return config
+  return common.with_overrides(default.get_config('runlocal'),
+                               {'input.data_dir': data_dir, **overrides})
