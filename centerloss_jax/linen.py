@@ -2,7 +2,9 @@
 
 The centers live in their own variable collection, `'centers'`, never in
 `'params'`: optimizers and `jax.grad` over params leave them alone, and they
-move only by the paper's Eq. 4 when the collection is mutable.
+move only by the paper's Eq. 4, when the module is applied with the
+collection mutable. Applying it with `update=True` (the default) and the
+collection immutable is an error, not a silent no-op.
 
 Example:
 
@@ -45,11 +47,20 @@ class CenterLoss(nn.Module):
     centers_init: initializer of the (num_classes, dim) float32 centers, called
       with the `'params'` RNG at `init`. Zeros by default: Eq. 4 moves a
       center to its class within a few batches.
+    strict_labels: raise on labels outside `[0, num_classes)` when they are
+      concrete (eager use); they are masked out either way, and their count
+      is sown as `('intermediates', 'invalid_labels')` (stored when
+      `'intermediates'` is mutable).
   """
   num_classes: int
   alpha: float = 0.5
   axis_name: Optional[str] = None
   centers_init: Initializer = nn.initializers.zeros
+  strict_labels: bool = False
+
+  def __post_init__(self):
+    losses.common.check_alpha(self.alpha)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, features: jax.Array, labels: jax.Array,
@@ -61,22 +72,39 @@ class CenterLoss(nn.Module):
       features: (batch, dim) features.
       labels: (batch,) integer labels; out-of-range labels are masked out.
       weights: optional (batch,) example weights, 0 for padding.
-      update: store the Eq. 4 update of the centers. It happens only when the
-        `'centers'` collection is mutable (`apply(..., mutable=['centers'])`)
-        and not during `init`; otherwise the centers are only read.
+      update: apply Eq. 4 to the centers (not during `init`). It needs the
+        `'centers'` collection mutable (`apply(..., mutable=['centers'])`,
+        then merge the returned updates into the variables); pass
+        `update=False` to only read the centers (evaluation).
 
     Returns:
       The float32 scalar loss, computed with the centers as they were before
       this call's update (the paper's Algorithm 1).
+
+    Raises:
+      ValueError: `update=True` with an immutable `'centers'` collection,
+        where the update would be silently lost (the centers would stay at
+        their initial value and the loss become a feature-norm penalty).
     """
+    if self.strict_labels:
+      losses.common.check_labels_in_range(labels, self.num_classes)
     dim = features.shape[-1]
     centers = self.variable(
         CENTERS_COLLECTION, 'centers',
         lambda: self.centers_init(self.make_rng('params'),
                                   (self.num_classes, dim), jnp.float32))
     loss = losses.center_loss(features, labels, centers.value, weights)
-    if (update and self.is_mutable_collection(CENTERS_COLLECTION)
-        and not self.is_initializing()):
+    self.sow('intermediates', 'invalid_labels',
+             losses.invalid_label_count(labels, self.num_classes, weights,
+                                        axis_name=self.axis_name))
+    if update and not self.is_initializing():
+      if not self.is_mutable_collection(CENTERS_COLLECTION):
+        raise ValueError(
+            f'{type(self).__name__}(update=True) needs the '
+            f"'{CENTERS_COLLECTION}' collection mutable, or Eq. 4 is lost "
+            "and the centers never move: call apply(..., mutable=['"
+            f"{CENTERS_COLLECTION}']) and merge the returned updates into "
+            'the variables, or pass update=False to only read the centers.')
       centers.value = losses.update_centers(
           centers.value, features, labels, alpha=self.alpha, weights=weights,
           axis_name=self.axis_name)

@@ -3,7 +3,9 @@
 The centers are a `Centers` variable, a subclass of `nnx.Variable` and not of
 `nnx.Param`, so `nnx.Optimizer(model, tx, wrt=nnx.Param)` and
 `nnx.grad(..., argnums=nnx.DiffState(0, nnx.Param))` leave them alone; Eq. 4
-updates them in place when the module is called.
+updates them in place when the module is called in training mode. Like
+`nnx.BatchNorm`'s running statistics, they stay put after `model.eval()`
+(which sets `use_running_average=True`) until `model.train()`.
 
 Example:
 
@@ -41,13 +43,18 @@ class Centers(nnx.Variable):
   """Class centers: non-differentiable state, updated by Eq. 4 only."""
 
 
+class InvalidLabelCount(nnx.Variable):
+  """How many labels of the last call were outside `[0, num_classes)`."""
+
+
 class CenterLoss(nnx.Module):
   """Center loss (Eq. 2) whose centers are updated in place by Eq. 4."""
 
   def __init__(self, num_classes: int, feature_dim: int, *,
                alpha: float = 0.5, axis_name: Optional[str] = None,
                centers_init: Initializer = nnx.initializers.zeros,
-               rngs: nnx.Rngs):
+               use_running_average: bool = False,
+               strict_labels: bool = False, rngs: nnx.Rngs):
     """Creates float32 centers of shape (num_classes, feature_dim).
 
     Args:
@@ -57,31 +64,51 @@ class CenterLoss(nnx.Module):
       axis_name: the mapped batch axis under `jax.pmap`/`jax.shard_map`, so
         the update uses the global batch; None under plain `jax.jit`.
       centers_init: initializer for the centers; zeros by default.
+      use_running_average: only read the centers, as `nnx.BatchNorm` uses
+        its running statistics: set by `model.eval()` (True) and
+        `model.train()` (False), NNX's convention for train/eval state.
+      strict_labels: raise on labels outside `[0, num_classes)` when they
+        are concrete (eager use); they are masked out either way, and
+        `invalid_labels` counts them at every call.
       rngs: the RNG streams; `rngs.params()` seeds `centers_init`.
+
+    Raises:
+      ValueError: `alpha` outside [0, 1].
     """
+    losses.common.check_alpha(alpha)
     self.num_classes = num_classes
     self.alpha = alpha
     self.axis_name = axis_name
+    self.use_running_average = use_running_average
+    self.strict_labels = strict_labels
+    self.invalid_labels = InvalidLabelCount(jnp.zeros((), jnp.int32))
     self.centers = Centers(
         centers_init(rngs.params(), (num_classes, feature_dim), jnp.float32))
 
   def __call__(self, features: jax.Array, labels: jax.Array,
                weights: Optional[jax.Array] = None,
-               update: bool = True) -> jax.Array:
+               update: Optional[bool] = None) -> jax.Array:
     """Returns the center loss with the current centers, then updates them.
 
     Args:
       features: (batch, dim) features.
       labels: (batch,) integer labels; out-of-range labels are masked out.
       weights: optional (batch,) example weights, 0 for padding.
-      update: apply Eq. 4 to the centers in place (False for evaluation).
+      update: apply Eq. 4 to the centers in place; None (the default)
+        follows the mode: update in training, not after `model.eval()`.
 
     Returns:
       The float32 scalar loss, computed with the centers as they were before
       this call's update (the paper's Algorithm 1).
     """
+    if update is None:
+      update = not self.use_running_average
+    if self.strict_labels:
+      losses.common.check_labels_in_range(labels, self.num_classes)
     centers = self.centers[...]
     loss = losses.center_loss(features, labels, centers, weights)
+    self.invalid_labels[...] = losses.invalid_label_count(
+        labels, self.num_classes, weights, axis_name=self.axis_name)
     if update:
       self.centers[...] = losses.update_centers(
           centers, features, labels, alpha=self.alpha, weights=weights,

@@ -156,9 +156,12 @@ def test_linen_centers_stay_when_not_updated_or_immutable():
   variables, inputs, labels = linen_init()
   apply = jax.jit(LinenNet().apply, static_argnames=('update', 'mutable'))
   before = centers_of(variables['centers'])
-  # Immutable collection: apply returns only the outputs, centers are read.
-  logits, _, features = apply(variables, inputs[0], labels[0])
+  # Immutable collection: update=False only reads the centers; update=True
+  # is an error (Eq. 4 would be silently lost), not a no-op.
+  logits, _, features = apply(variables, inputs[0], labels[0], update=False)
   assert logits.shape == (BATCH, NUM_CLASSES)
+  with pytest.raises(ValueError, match=r"mutable=\['centers'\].*update=False"):
+    apply(variables, inputs[0], labels[0])
   # Mutable but update=False: the returned centers are the same.
   _, updates = apply(variables, inputs[0], labels[0], update=False,
                      mutable=('centers',))

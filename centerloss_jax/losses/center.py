@@ -32,6 +32,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from centerloss_jax.losses.common import check_alpha
 from centerloss_jax.losses.common import check_rows
 from centerloss_jax.losses.common import effective_weights
 from centerloss_jax.losses.common import EPSILON
@@ -55,6 +56,10 @@ def check_inputs(features, labels, centers, weights) -> None:
   if not jnp.issubdtype(jnp.result_type(centers), jnp.floating):
     raise TypeError(
         f'centers must be floating point, got dtype {jnp.result_type(centers)}.')
+  if jnp.shape(centers)[0] == 0:
+    raise ValueError(
+        f'centers must have at least one row (num_classes >= 1), got shape '
+        f'{jnp.shape(centers)}.')
 
 
 def own_centers(centers, labels) -> Array:
@@ -90,6 +95,7 @@ def center_distances(features: Array, labels: Array, centers: Array,
   Returns:
     (batch,) float32 array.
   """
+  features, labels = jnp.asarray(features), jnp.asarray(labels)
   check_inputs(features, labels, centers, weights)
   weights = effective_weights(labels, centers.shape[0], weights)
   own = own_centers(jax.lax.stop_gradient(centers).astype(jnp.float32), labels)
@@ -171,13 +177,20 @@ def update_centers(centers: Array, features: Array, labels: Array, *,
       place.
     features: (batch, dim) features of this (per-device) batch.
     labels: (batch,) integer class ids.
-    alpha: the centers' learning rate, Eq. 4 (the paper uses 0.5).
+    alpha: the centers' learning rate, Eq. 4, in [0, 1] (the paper uses
+      0.5).
     weights: optional (batch,) non-negative weights; 0 marks padding.
     axis_name: the mapped axis (or tuple of axes) of the batch, if any.
 
   Returns:
     The updated centers, same shape and dtype as `centers`.
+
+  Raises:
+    ValueError: `alpha` outside [0, 1], negative (concrete) weights, no
+      class, or ill-shaped inputs (TypeError for non-integer labels).
   """
+  check_alpha(alpha)
+  features, labels = jnp.asarray(features), jnp.asarray(labels)
   check_inputs(features, labels, centers, weights)
   centers = jnp.asarray(centers)
   num_classes, _ = centers.shape
@@ -197,8 +210,12 @@ def update_centers(centers: Array, features: Array, labels: Array, *,
   labels = jnp.where(valid_label_mask(labels, num_classes), labels,
                      -1).astype(jnp.int32)
   if axis_name is not None:
+    # Typed invariant: the global batch is the same on every replica, so the
+    # new centers are replicated values, as `jax.shard_map`'s default
+    # `check_vma=True` needs them for `out_specs=P()` (pmap, and shard_map
+    # without the check, compile the same all-gather).
     features, labels, weights, own = (
-        jax.lax.all_gather(x, axis_name, axis=0, tiled=True)
+        jax.lax.all_gather(x, axis_name, axis=0, tiled=True, to='invarying')
         for x in (features, labels, weights, own))
   else:
     features, labels, weights, own = (

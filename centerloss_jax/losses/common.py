@@ -9,10 +9,11 @@ and move, another class's center).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -64,6 +65,60 @@ def check_rows(rows, labels, weights=None, *, rows_name: str, columns: str,
         f'{weights_name} must have shape (batch,) = ({batch},) to match '
         f'{rows_name} of shape {jnp.shape(rows)}, got shape '
         f'{jnp.shape(weights)}.')
+  values = concrete(weights)
+  if values is not None and np.any(values < 0):
+    index = int(np.argmin(values))
+    raise ValueError(
+        f'{weights_name} must be non-negative (0 marks padding), got '
+        f'{values[index]} at index {index}.')
+
+
+def concrete(x: Any) -> Optional[np.ndarray]:
+  """`x` as a numpy array when its value is known now, else None.
+
+  None for None and for traced values (inside `jit`, `grad` of `x`,
+  `pmap`, ...): checks of values run eagerly, never at a cost under `jit`.
+  """
+  if x is None or isinstance(x, jax.core.Tracer):
+    return None
+  return np.asarray(x)
+
+
+def check_alpha(alpha: Any) -> None:
+  """Raises unless a concrete Eq. 4 rate `alpha` is in [0, 1].
+
+  Above 1 a center overshoots its class mean and the centers diverge; below
+  0 they move away from it.
+  """
+  value = concrete(alpha)
+  if value is not None and not (value.ndim == 0 and 0 <= value <= 1):
+    raise ValueError(
+        f'alpha (the centers\' rate of Eq. 4) must be a number in [0, 1] '
+        f'(the paper uses 0.5), got {alpha!r}.')
+
+
+def check_labels_in_range(labels: Any, num_classes: int) -> None:
+  """Raises if a concrete label lies outside `[0, num_classes)`.
+
+  The losses mask such labels out, which is right under `jit` (and counted
+  by `invalid_label_count`); eagerly, opt in to this check to catch, e.g.,
+  1-indexed labels whose last class would silently vanish. Traced labels
+  are not checked.
+
+  Raises:
+    ValueError: naming how many labels are out of range, the first one and
+      its index.
+  """
+  values = concrete(labels)
+  if values is None:
+    return
+  bad = (values < 0) | (values >= num_classes)
+  if bad.any():
+    index = int(np.argmax(bad))
+    raise ValueError(
+        f'{int(bad.sum())} of {bad.size} labels are outside [0, '
+        f'{num_classes}): the first is {values[index]} at index {index} '
+        '(1-indexed labels? the wrong num_classes?).')
 
 
 def valid_label_mask(labels: Array, num_classes: int) -> Array:
@@ -75,12 +130,17 @@ def valid_label_mask(labels: Array, num_classes: int) -> Array:
 
 
 def invalid_label_count(labels: Array, num_classes: int,
-                        weights: Optional[Array] = None) -> Array:
-  """Number of examples (with non-zero weight) whose label is out of range."""
+                        weights: Optional[Array] = None, *,
+                        axis_name: Optional[str] = None) -> Array:
+  """Number of examples (with non-zero weight) whose label is out of range.
+
+  With `axis_name` (under `pmap`/`shard_map`), that of the global batch.
+  """
   invalid = ~valid_label_mask(labels, num_classes)
   if weights is not None:
     invalid &= weights != 0
-  return jnp.sum(invalid, dtype=jnp.int32)
+  count = jnp.sum(invalid, dtype=jnp.int32)
+  return count if axis_name is None else jax.lax.psum(count, axis_name)
 
 
 

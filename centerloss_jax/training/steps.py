@@ -172,8 +172,8 @@ def metric_sums(features, labels, batch_weights, *, num_classes,
       labels masked).
     axis_name: the replica axis, or None.
   """
-  invalid_labels = losses.invalid_label_count(labels, num_classes,
-                                              batch_weights)
+  invalid_labels = losses.invalid_label_count(
+      labels, num_classes, batch_weights, axis_name=axis_name)
   weights = losses.common.effective_weights(labels, num_classes,
                                             batch_weights)
   sums = {
@@ -184,7 +184,7 @@ def metric_sums(features, labels, batch_weights, *, num_classes,
       'weight': jnp.sum(weights),
   }
   sums = psum(sums, axis_name)
-  sums['invalid_labels'] = psum(invalid_labels, axis_name)
+  sums['invalid_labels'] = invalid_labels
   return sums
 
 
