@@ -41,7 +41,6 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
-import optax
 
 from benchmarks import common
 from benchmarks import hlo_stats
@@ -263,15 +262,15 @@ def _softmax_only_step(state: training.TrainState, batch: training.steps.Batch):
   """
   labels = batch['label']
   num_classes = state.centers.shape[0]
-  weights = batch['weight'] * loss_lib.valid_label_mask(labels, num_classes)
+  weights = loss_lib.common.effective_weights(labels, num_classes,
+                                              batch['weight'])
   total_weight = jnp.maximum(jnp.sum(weights), loss_lib.EPSILON)
   rng = jax.random.fold_in(state.rng, state.step)
-  clipped = jnp.clip(labels, 0, num_classes - 1)
 
   def loss_fn(params):
     features, logits = state.apply_fn({'params': params}, batch['image'],
                                       train=True, rngs={'dropout': rng})
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, clipped)
+    ce = loss_lib.softmax_cross_entropy(logits, labels)
     return jnp.sum(weights * ce) / total_weight, (features, logits, ce)
 
   grads, (features, logits, ce) = jax.grad(loss_fn, has_aux=True)(state.params)

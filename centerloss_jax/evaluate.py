@@ -127,7 +127,7 @@ def evaluate_checkpoint(config, workdir: str) -> tuple[dict[str, Any],
   dp.check_batch_size(config.batch_size)
   metrics, curves = features.evaluate_open_set(
       trainer.compile_feature_step(dp, config), dp, dp.put_state(state),
-      dataset, config.evaluation, batch_size=config.batch_size)
+      dataset, **trainer.open_set_settings(config))
   metrics['step'] = int(state.step)
   return metrics, curves
 

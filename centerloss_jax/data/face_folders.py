@@ -406,8 +406,8 @@ def load_identity_folders(
       or files).
   """
   if train_dir is None:
-    raise ValueError('input.train_dir is None; expected the root of the '
-                     'training set, one sub-folder of images per identity.')
+    raise ValueError('train_dir is None; expected the root of the training '
+                     'set, one sub-folder of images per identity.')
   image_shape = check_image_shape(image_shape)
   held_out = int(test_images_per_identity)
   if held_out < 0:

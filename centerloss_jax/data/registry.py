@@ -45,8 +45,9 @@ def load_dataset(source: str, **kwargs: Any) -> Dataset:
     The loaded `Dataset`.
 
   Raises:
-    ValueError: an unknown source, or a keyword its loader does not take
-      (naming it and the accepted ones); the loader's own errors.
+    ValueError: an unknown source, a keyword its loader does not take
+      (naming it and the accepted ones), a required one missing or None;
+      the loader's own errors.
   """
   accepted = accepted_arguments(source)
   unknown = sorted(set(kwargs) - set(accepted))
@@ -54,7 +55,16 @@ def load_dataset(source: str, **kwargs: Any) -> Dataset:
     raise ValueError(
         f'input source {source!r} does not take {", ".join(map(repr, unknown))}'
         f'; it accepts {", ".join(accepted)}.')
-  return SOURCES[source](**{k: v for k, v in kwargs.items() if v is not None})
+  given = {k: v for k, v in kwargs.items() if v is not None}
+  missing = [name for name, parameter in
+             inspect.signature(SOURCES[source]).parameters.items()
+             if parameter.default is inspect.Parameter.empty
+             and name not in given]
+  if missing:
+    raise ValueError(
+        f'input source {source!r} needs {", ".join(map(repr, missing))} '
+        '(unset or None).')
+  return SOURCES[source](**given)
 
 
 def _check_source(source: str) -> None:

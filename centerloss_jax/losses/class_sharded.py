@@ -42,18 +42,19 @@ the sum of `w_all`):
 
     features = trunk(params, x)
     logits = class_sharded_logits(features, kernel, class_axis='classes',
-                            batch_axis='batch')
-    loss = (sum(w_all * class_sharded_softmax_cross_entropy(logits, y_all, ...))
-            + lam * sum(class_sharded_center_distances(features, y, centers, w,
-                                                 ...))) / W
+                                  batch_axis='batch')
+    ce = class_sharded_softmax_cross_entropy(logits, y_all, ...)
+    distances = class_sharded_center_distances(features, y, centers, w, ...)
+    loss = (sum(w_all * ce) + lam * sum(distances)) / W
     # grad: psum the trunk's gradient over 'batch', not the kernel's.
-    centers = class_sharded_update_centers(centers, features, y, alpha=alpha,
-                                     weights=w, class_axis='classes',
-                                     batch_axis='batch')
+    centers = class_sharded_update_centers(
+        centers, features, y, alpha=alpha, weights=w, class_axis='classes',
+        batch_axis='batch')
 
 Mapping. The functions are per device and meant for
-`jax.shard_map(..., check_vma=False)`, like the rest of the codebase (see
-`training/parallel.py`). With `check_vma=False`, JAX transposes a `psum` into another
+`jax.shard_map(..., check_vma=False)`, like the trainer (see
+`training/parallel.py`). With `check_vma=False`, JAX transposes a `psum`
+into another
 `psum`: the gradient of a value that every class shard computes redundantly
 would come back M times too large, and the features, replicated over the
 class axis but multiplied by a kernel shard, would get only this shard's part
@@ -225,9 +226,9 @@ def _own_centers(centers_shard: Array, labels: Array,
 
 
 def class_sharded_center_distances(features: Array, labels: Array,
-                             centers_shard: Array,
-                             weights: Optional[Array] = None, *,
-                             class_axis: str) -> Array:
+                                   centers_shard: Array,
+                                   weights: Optional[Array] = None, *,
+                                   class_axis: str) -> Array:
   """Per-example center-loss terms `0.5 * w_i ||x_i - c_{y_i}||^2`, sharded.
 
   Equal to `center.center_distances(features, labels, centers, weights)` with
@@ -265,9 +266,10 @@ def class_sharded_center_distances(features: Array, labels: Array,
 
 
 def class_sharded_update_centers(centers_shard: Array, features: Array,
-                           labels: Array, *, alpha: float,
-                           weights: Optional[Array] = None, class_axis: str,
-                           batch_axis: Optional[str] = None) -> Array:
+                                 labels: Array, *, alpha: float,
+                                 weights: Optional[Array] = None,
+                                 class_axis: str,
+                                 batch_axis: Optional[str] = None) -> Array:
   """Eq. 4 on this device's classes, from the global batch.
 
   Equal to this shard's rows of `center.update_centers(centers, features,
@@ -307,8 +309,9 @@ def class_sharded_update_centers(centers_shard: Array, features: Array,
 # ---------------------------------------------------------------------------
 
 
-def class_sharded_logits(features: Array, kernel_shard: Array, *, class_axis: str,
-                   batch_axis: Optional[str] = None) -> Array:
+def class_sharded_logits(features: Array, kernel_shard: Array, *,
+                         class_axis: str,
+                         batch_axis: Optional[str] = None) -> Array:
   """This shard's columns of the logits of the (global) batch.
 
   `features @ kernel_shard`, after all-gathering the features over
@@ -352,8 +355,8 @@ def class_sharded_logits(features: Array, kernel_shard: Array, *, class_axis: st
   return _copy_to_shards(features, class_axis, batch_axis) @ kernel_shard
 
 
-def class_sharded_softmax_cross_entropy(logits_shard: Array, labels: Array, *,
-                                  class_axis: str) -> Array:
+def class_sharded_softmax_cross_entropy(logits_shard: Array, labels: Array,
+                                        *, class_axis: str) -> Array:
   """Per-example softmax cross-entropy from class-sharded logits.
 
   Equal to `optax.softmax_cross_entropy_with_integer_labels(logits, labels)`
@@ -399,7 +402,7 @@ def class_sharded_softmax_cross_entropy(logits_shard: Array, labels: Array, *,
 
 
 def class_sharded_argmax_accuracy(logits_shard: Array, labels: Array, *,
-                            class_axis: str) -> Array:
+                                  class_axis: str) -> Array:
   """Per-example `argmax(logits) == label` from class-sharded logits.
 
   The global argmax breaks ties toward the lowest class id, and a NaN counts

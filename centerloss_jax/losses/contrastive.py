@@ -61,8 +61,8 @@ def check_rows(features, labels, weights, name: str) -> None:
   See `common.check_rows`.
   """
   common.check_rows(features, labels, weights,
-                      rows_name=f'{name}_features', columns='dim',
-                      weights_name=f'{name}_weights')
+                    rows_name=f'{name}_features', columns='dim',
+                    weights_name=f'{name}_weights')
 
 
 def check_anchor_candidate_split(anchor_features, candidate_features,

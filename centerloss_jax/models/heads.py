@@ -55,7 +55,7 @@ class CosineClassifier(nn.Module):
     kernel_init: initializer of the `(feature_dim, num_classes)` kernel.
   """
   num_classes: int
-  epsilon: float = 1e-12
+  epsilon: float = losses.EPSILON
   kernel_init: Any = nn.initializers.xavier_uniform()
 
   @nn.compact
@@ -68,7 +68,7 @@ class CosineClassifier(nn.Module):
     kernel = self.param('kernel', self.kernel_init,
                         (features.shape[-1], self.num_classes), jnp.float32)
     unit_features = losses.l2_normalize(features.astype(jnp.float32),
-                                 epsilon=self.epsilon)
+                                        epsilon=self.epsilon)
     unit_kernel = losses.l2_normalize(kernel, axis=0, epsilon=self.epsilon)
     cosines = jnp.dot(unit_features, unit_kernel,
                       precision=jax.lax.Precision.HIGHEST)

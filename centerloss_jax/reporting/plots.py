@@ -93,7 +93,7 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
   curve's AUC over the full curve.
 
   Args:
-    curves: `{name: (far, tar)}`, e.g. from `roc_curve`.
+    curves: `{name: (far, tar)}`, e.g. from `metrics.verification.roc_curve`.
     path: where to save the figure as PNG (`files.atomic_write`: a reader
       never sees a half-written file).
     title: axes title.

@@ -53,6 +53,15 @@ class ShardedClasses:
   dtype: Any = jnp.float32
   class_axis: str = CLASS_AXIS
 
+  def check_losses(self, classifier_loss, pair_loss):
+    """Softmax (+ center loss) only: the margin and pair losses need every
+    class's scores, or the whole batch's features, on one device."""
+    if classifier_loss.kind != 'softmax' or pair_loss is not None:
+      raise ValueError(
+          'Class-sharded steps support the softmax classifier loss without '
+          f'a pair loss, got classifier loss {classifier_loss.kind!r} and '
+          f'pair loss {pair_loss.kind if pair_loss else None!r}.')
+
   def num_classes(self, centers):
     return centers.shape[0] * jax.lax.axis_size(self.class_axis)
 
@@ -68,7 +77,7 @@ class ShardedClasses:
     gradient, so the backbone's psum counts every example once; the metrics
     take this replica's own rows.
     """
-    del model_logits, classifier_loss  # Softmax only (state checks it).
+    del model_logits, classifier_loss  # Softmax only (`check_losses`).
     _, kernel = split_classifier(params)
     logits = class_sharded.class_sharded_logits(
         features.astype(self.dtype), kernel.astype(self.dtype),

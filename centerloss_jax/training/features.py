@@ -13,7 +13,6 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from centerloss_jax import data
@@ -105,9 +104,10 @@ def extract_features(feature_fn, dp: parallel.DataParallel, state: TrainState,
 
 
 def evaluate_open_set(feature_fn, dp: parallel.DataParallel,
-                      state: TrainState, dataset: data.Dataset,
-                      eval_config: ml_collections.ConfigDict, *,
-                      batch_size: int
+                      state: TrainState, dataset: data.Dataset, *,
+                      batch_size: int, pca_dim: Optional[int] = None,
+                      max_rank: int = 10,
+                      distractor_block_size: int = 65_536
                       ) -> tuple[dict[str, float], dict[str, Any]]:
   """Verification and identification on the dataset's unseen identities.
 
@@ -116,9 +116,11 @@ def evaluate_open_set(feature_fn, dp: parallel.DataParallel,
     dp: the DataParallel `state` is laid out for.
     state: the (placed) train state.
     dataset: with `verification` and/or `identification` sets.
-    eval_config: `config.evaluation` (`pca_dim`, `max_rank`,
-      `distractor_block_size`).
     batch_size: the global batch size of the feature steps.
+    pca_dim: PCA dimension fitted on the training folds of verification;
+      None: no PCA.
+    max_rank: the length of the identification CMC.
+    distractor_block_size: distractors scored at a time (bounds memory).
 
   Returns:
     Flat metrics named '<set>/<metric>' (e.g. 'lfw/accuracy') and the curves
@@ -131,6 +133,6 @@ def evaluate_open_set(feature_fn, dp: parallel.DataParallel,
   return metrics.open_set_metrics(
       functools.partial(extract_features, feature_fn, dp, state,
                         batch_size=batch_size),
-      dataset, pca_dim=eval_config.pca_dim, max_rank=eval_config.max_rank,
-      distractor_block_size=eval_config.distractor_block_size)
+      dataset, pca_dim=pca_dim, max_rank=max_rank,
+      distractor_block_size=distractor_block_size)
 

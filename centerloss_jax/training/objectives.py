@@ -4,8 +4,8 @@ compared with, as small frozen values built once from the config.
 `Objective` is `lambda * center loss` (Eq. 2, centers moved by Eq. 4 at
 rate `alpha`) plus a `ClassifierLoss` (softmax, or a margin softmax:
 SphereFace, CosFace, ArcFace) plus an optional `PairLoss` (contrastive or
-batch-hard triplet on the global batch). The steps (`steps`,
-`class_sharded_steps`) take one and nothing else of the config.
+batch-hard triplet on the global batch). `steps.train_step` takes one
+(`steps.eval_step` its `classifier_loss`) and nothing else of the config.
 """
 
 from __future__ import annotations

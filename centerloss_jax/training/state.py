@@ -54,35 +54,24 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, *,
 
 def check_class_shards(config: ml_collections.ConfigDict,
                        num_classes: int) -> int:
-  """Validates `config.class_shards` against the mode, classes and losses.
+  """Validates `config.class_shards` against the number of classes.
 
-  The one check of class sharding in a run (`create_train_state` makes it);
-  `parallel.DataParallel.create` checks the mesh side of it.
+  Each side of class sharding is checked once, where it is known: the mesh
+  (>= 1 shards, mode 'shard_map', devices) by `parallel.DataParallel.create`,
+  the losses by `class_sharded_steps.ShardedClasses.check_losses`, the
+  classes here (`create_train_state` calls it).
 
   Returns:
     The number of class shards (1: the classes are not sharded).
 
   Raises:
-    ValueError: class_shards < 1, > 1 without parallel mode 'shard_map', not
-      dividing num_classes, or with a margin or pair loss.
+    ValueError: class_shards > 1 not dividing num_classes.
   """
   class_shards = config.class_shards
-  if class_shards < 1:
-    raise ValueError(f'class_shards must be >= 1, got {class_shards}.')
-  if class_shards > 1 and config.parallel != 'shard_map':
-    raise ValueError(
-        f"class_shards={class_shards} needs parallel mode 'shard_map' (a "
-        f"2-D ('batch', 'classes') mesh), got parallel={config.parallel!r}.")
-  if num_classes % class_shards:
+  if class_shards > 1 and num_classes % class_shards:
     raise ValueError(
         f'class_shards={class_shards} does not divide num_classes='
         f'{num_classes}: every shard must hold as many classes.')
-  if class_shards > 1 and (config.loss.classifier != 'softmax'
-                           or config.loss.pair != 'none'):
-    raise ValueError(
-        f'class_shards={class_shards} supports loss.classifier=softmax and '
-        f'loss.pair=none only, got {config.loss.classifier!r} and '
-        f'{config.loss.pair!r}.')
   return class_shards
 
 

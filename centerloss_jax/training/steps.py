@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from centerloss_jax import losses
 from centerloss_jax.training.objectives import ClassifierLoss
 from centerloss_jax.training.objectives import Objective
+from centerloss_jax.training.objectives import PairLoss
 from centerloss_jax.training.parallel import psum
 from centerloss_jax.training.state import TrainState
 
@@ -54,6 +55,10 @@ class Classification:
 
 class ClassLayout(Protocol):
   """Where the classes (centers, classifier) live; see the module doc."""
+
+  def check_losses(self, classifier_loss: ClassifierLoss,
+                   pair_loss: Optional[PairLoss]) -> None:
+    """Raises for a loss this layout does not compute."""
 
   def num_classes(self, centers: jax.Array) -> int:
     """C, all shards together, from this device's centers."""
@@ -91,6 +96,9 @@ class ClassLayout(Protocol):
 @dataclasses.dataclass(frozen=True)
 class ReplicatedClasses:
   """Every device holds all the centers and the whole classifier."""
+
+  def check_losses(self, classifier_loss, pair_loss):
+    del classifier_loss, pair_loss  # Every objective runs replicated.
 
   def num_classes(self, centers):
     return centers.shape[0]
@@ -214,6 +222,7 @@ def train_step(state: TrainState, batch: Batch, *, objective: Objective,
     The new state and metric sums over the global batch (see
     `trainer.summarize`).
   """
+  classes.check_losses(objective.classifier_loss, objective.pair_loss)
   labels = batch['label']
   num_classes = classes.num_classes(state.centers)
   weights = losses.common.effective_weights(labels, num_classes,
@@ -290,6 +299,7 @@ def eval_step(state: TrainState, batch: Batch, *,
     classes 'logits' (b, C); a class-sharded step returns no logits, since
     (batch, C) is what class sharding exists not to gather).
   """
+  classes.check_losses(classifier_loss, None)
   labels = batch['label']
   num_classes = classes.num_classes(state.centers)
   weights = losses.common.effective_weights(labels, num_classes,

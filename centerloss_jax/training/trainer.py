@@ -57,7 +57,15 @@ def load_dataset(input_config: ml_collections.ConfigDict) -> data.Dataset:
   kwargs = input_config.to_dict()
   for field in AUGMENTATION_FIELDS:
     kwargs.pop(field, None)
-  return data.load_dataset(**kwargs)
+  source = kwargs.pop('source')
+  unknown = sorted(set(kwargs) - set(data.registry.accepted_arguments(source)))
+  if unknown:
+    raise ValueError(
+        f'config.input has {", ".join(map(repr, unknown))}, which input '
+        f'source {source!r} does not take; it takes '
+        f'{", ".join(data.registry.accepted_arguments(source))}, and the '
+        f'trainer reads {", ".join(AUGMENTATION_FIELDS)}.')
+  return data.load_dataset(source, **kwargs)
 
 
 def class_layout(config: ml_collections.ConfigDict) -> steps.ClassLayout:
@@ -68,9 +76,14 @@ def class_layout(config: ml_collections.ConfigDict) -> steps.ClassLayout:
 
 
 def step_functions(config: ml_collections.ConfigDict):
-  """(train step, eval step) for `DataParallel.compile_*_step`."""
+  """(train step, eval step) for `DataParallel.compile_*_step`.
+
+  Raises:
+    ValueError: the config's losses are not supported by its class layout.
+  """
   objective = Objective.from_config(config)
   classes = class_layout(config)
+  classes.check_losses(objective.classifier_loss, objective.pair_loss)
   return (functools.partial(steps.train_step, objective=objective,
                             classes=classes),
           functools.partial(steps.eval_step,
@@ -83,6 +96,14 @@ def compile_feature_step(dp: parallel.DataParallel,
   """The open-set feature step of `config` (mirror, class layout) for `dp`."""
   return features_lib.compile_feature_step(
       dp, mirror=config.evaluation.mirror, classes=class_layout(config))
+
+
+def open_set_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`features.evaluate_open_set`'s keyword arguments from the config."""
+  return dict(batch_size=config.batch_size,
+              pca_dim=config.evaluation.pca_dim,
+              max_rank=config.evaluation.max_rank,
+              distractor_block_size=config.evaluation.distractor_block_size)
 
 
 def summarize(metric_sums: Metrics) -> dict[str, float]:
@@ -162,6 +183,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   dp = parallel.DataParallel.create(config.parallel,
                                     class_shards=config.class_shards)
   dp.check_batch_size(config.batch_size)
+  train_step_fn, eval_step_fn = step_functions(config)
 
   # K > 0: P x K batches for the pair losses (an epoch then leaves out each
   # identity's remainder of images, n % K, drawn anew every epoch).
@@ -206,7 +228,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                  parameter_overview.get_parameter_overview(state.params))
 
   state = dp.put_state(state)
-  train_step_fn, eval_step_fn = step_functions(config)
   train_fn = dp.compile_train_step(train_step_fn)
   eval_fn = dp.compile_eval_step(eval_step_fn)
   feature_fn = (compile_feature_step(dp, config)
@@ -335,8 +356,7 @@ def _evaluate_and_write(eval_fn, feature_fn, dp, state, step, *, dataset,
                                 for k, v in result['metrics'].items()})
   if feature_fn is not None:
     open_set, curves = features_lib.evaluate_open_set(
-        feature_fn, dp, state, dataset, config.evaluation,
-        batch_size=config.batch_size)
+        feature_fn, dp, state, dataset, **open_set_settings(config))
     writer.write_scalars(step, open_set)
     logging.info('Open-set metrics at step %d: %s', step, open_set)
     result['metrics'].update(open_set)

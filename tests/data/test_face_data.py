@@ -398,6 +398,13 @@ SYNTHETIC_CONFIG = dict(
     num_distractors=5, difficulty=1.0)
 
 
+def test_registry_names_a_missing_required_field():
+  with pytest.raises(ValueError, match="'synthetic_faces' needs "
+                     "'num_train_identities'"):
+    data.load_dataset('synthetic_faces', images_per_identity=2,
+                      num_train_identities=None)
+
+
 def test_load_synthetic_faces():
   dataset = sf.load_synthetic_faces(**SYNTHETIC_CONFIG)
   again = sf.load_synthetic_faces(**SYNTHETIC_CONFIG)

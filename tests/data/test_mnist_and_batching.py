@@ -214,7 +214,8 @@ def test_config_input_fields_reach_the_loader_or_fail_by_name(tmp_path):
       config(data_dir=str(tmp_path)), crop_padding=2, flip=True))
   assert training.trainer.load_dataset(input_config).train.num_examples == 4
   input_config.train_subet = 2
-  with pytest.raises(ValueError, match="does not take 'train_subet'"):
+  with pytest.raises(ValueError, match=r"'train_subet', which input source "
+                     r"'idx' does not take.*reads crop_padding, flip"):
     training.trainer.load_dataset(input_config)
 
 

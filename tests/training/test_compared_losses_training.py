@@ -183,7 +183,15 @@ def test_class_sharding_rejects_the_compared_losses():
   config.class_shards = 2
   config.loss.classifier = 'cosface'
   with pytest.raises(ValueError, match="'cosface'"):
-    training.state.check_class_shards(config, num_classes=8)
+    training.trainer.step_functions(config)
+  config.loss.classifier = 'softmax'
+  config.loss.pair = 'triplet'
+  with pytest.raises(ValueError, match="'triplet'"):
+    training.trainer.step_functions(config)
+  # The step itself refuses too, for users who build their own.
+  with pytest.raises(ValueError, match="'arcface'"):
+    training.class_sharded_steps.ShardedClasses().check_losses(
+        training.ClassifierLoss('arcface'), None)
 
 
 def test_feature_step_concatenates_image_and_mirror_features():

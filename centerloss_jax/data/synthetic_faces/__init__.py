@@ -6,10 +6,13 @@ identities, verify on disjoint ones), with no download.
 * `identities`: each identity is a latent face drawn from its own parameters
   (`make_identities`), laid out around the 5-point alignment template so a
   clean image looks like an aligned face crop.
-* `render`: an image of an identity is its face under pose, expression,
-  illumination, background, occlusion and noise nuisances, all scaled by
-  `difficulty` (0: every image of an identity is the same).
-* `dataset`: verification pairs (`sample_pairs`) and the whole set as an
+* `drawing`: each identity's face painted once on a canvas (`draw_faces`).
+* `draws`: each image's random numbers, a hash of (seed, identity, image).
+* `warps`: the pose-like and expression warps of the canvas.
+* `rendering`: `render`, an image of an identity is its face under pose,
+  expression, illumination, background, occlusion and noise nuisances, all
+  scaled by `difficulty` (0: every image of an identity is the same).
+* `dataset`: verification pairs (`sample_pairs`) and the whole set as a
   `data.Dataset` (`load_synthetic_faces`).
 
 Determinism. Identity `i`'s parameters come from

@@ -23,7 +23,6 @@ from centerloss_jax.data.synthetic_faces.draws import per_image
 from centerloss_jax.data.synthetic_faces.draws import pixel_coords
 
 # Nuisance magnitudes at difficulty 1 (all scale linearly with difficulty).
-# Nuisance magnitudes at difficulty 1 (all scale linearly with difficulty).
 _MAX_ROTATION_DEGREES = 12.0
 _MAX_LOG_SCALE = 0.12
 _MAX_SHIFT = 0.07  # Fraction of the image size.
