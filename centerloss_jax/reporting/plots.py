@@ -18,7 +18,7 @@ def plot_features_2d(features: np.ndarray, labels: np.ndarray,
                      centers: Optional[np.ndarray] = None, title: str = '',
                      ax: Optional[plt.Axes] = None,
                      max_points: int = 10_000) -> plt.Axes:
-  """Scatters 2-D features coloured by class, centers marked with crosses.
+  """Scatters 2-D features coloured by class, each center in its class colour.
 
   Args:
     features: (N, 2) features.
@@ -47,8 +47,10 @@ def plot_features_2d(features: np.ndarray, labels: np.ndarray,
                color=cmap(k % cmap.N), label=name, rasterized=True)
   if centers is not None:
     centers = np.asarray(centers)
-    ax.scatter(centers[:, 0], centers[:, 1], marker='x', s=60, c='black',
-               linewidths=1.5, label='centers')
+    # Each center in its class's colour, outlined so it shows on its cloud.
+    ax.scatter(centers[:, 0], centers[:, 1], marker='X', s=90,
+               c=[cmap(k % cmap.N) for k in range(len(centers))],
+               edgecolors='black', linewidths=0.8, label='centers')
   ax.set_title(title)
   ax.set_aspect('equal', adjustable='datalim')
   legend = ax.legend(loc='center left', bbox_to_anchor=(1.01, 0.5),
