@@ -32,6 +32,11 @@ def accepted_arguments(source: str) -> tuple[str, ...]:
   return tuple(sorted(inspect.signature(SOURCES[source]).parameters))
 
 
+def unknown_arguments(source: str, names) -> list[str]:
+  """The `names` that `source`'s loader does not take, sorted."""
+  return sorted(set(names) - set(accepted_arguments(source)))
+
+
 def load_dataset(source: str, **kwargs: Any) -> Dataset:
   """Loads the dataset of `source` ('idx', 'tfds', 'identity_folders',
   'synthetic_faces') with its loader's keyword arguments.
@@ -49,12 +54,11 @@ def load_dataset(source: str, **kwargs: Any) -> Dataset:
       (naming it and the accepted ones), a required one missing or None;
       the loader's own errors.
   """
-  accepted = accepted_arguments(source)
-  unknown = sorted(set(kwargs) - set(accepted))
+  unknown = unknown_arguments(source, kwargs)
   if unknown:
     raise ValueError(
         f'input source {source!r} does not take {", ".join(map(repr, unknown))}'
-        f'; it accepts {", ".join(accepted)}.')
+        f'; it accepts {", ".join(accepted_arguments(source))}.')
   given = {k: v for k, v in kwargs.items() if v is not None}
   missing = [name for name, parameter in
              inspect.signature(SOURCES[source]).parameters.items()

@@ -58,7 +58,7 @@ def load_dataset(input_config: ml_collections.ConfigDict) -> data.Dataset:
   for field in AUGMENTATION_FIELDS:
     kwargs.pop(field, None)
   source = kwargs.pop('source')
-  unknown = sorted(set(kwargs) - set(data.registry.accepted_arguments(source)))
+  unknown = data.registry.unknown_arguments(source, kwargs)
   if unknown:
     raise ValueError(
         f'config.input has {", ".join(map(repr, unknown))}, which input '
