@@ -270,7 +270,7 @@ def _softmax_only_step(state: training.TrainState, batch: training.steps.Batch):
   def loss_fn(params):
     features, logits = state.apply_fn({'params': params}, batch['image'],
                                       train=True, rngs={'dropout': rng})
-    ce = loss_lib.softmax_cross_entropy(logits, labels)
+    ce = loss_lib.softmax_cross_entropy_loss(logits, labels, reduction='none')
     return jnp.sum(weights * ce) / total_weight, (features, logits, ce)
 
   grads, (features, logits, ce) = jax.grad(loss_fn, has_aux=True)(state.params)

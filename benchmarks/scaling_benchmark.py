@@ -55,12 +55,12 @@ _GIB = 2.0**30
 
 def _step(centers, features, labels):
   """Per device: Eq. 2 over the batch, Eq. 4 on this device's classes."""
-  distances = class_sharded.class_sharded_center_distances(features, labels, centers,
+  loss = class_sharded.class_sharded_center_loss(features, labels, centers,
                                                class_axis='classes')
   new_centers = class_sharded.class_sharded_update_centers(
       centers, features, labels, alpha=0.5, class_axis='classes',
       batch_axis='batch')
-  return jnp.mean(distances), new_centers
+  return loss, new_centers
 
 
 def _measure(mesh, num_classes, dim):

@@ -47,19 +47,28 @@ class CenterLoss(nn.Module):
     centers_init: initializer of the (num_classes, dim) float32 centers, called
       with the `'params'` RNG at `init`. Zeros by default: Eq. 4 moves a
       center to its class within a few batches.
+    rule: the update, `'paper'` (Eq. 4) or `'ema'` (a moving average of
+      each class's batch mean; see `losses.update_centers`).
+    normalize: the cosine center loss for margin-softmax heads: features
+      and centers on the unit sphere (`1 - cos(x_i, c_{y_i})` per example).
     strict_labels: raise on labels outside `[0, num_classes)` when they are
-      concrete (eager use); they are masked out either way, and their count
-      is sown as `('intermediates', 'invalid_labels')` (stored when
-      `'intermediates'` is mutable).
+      concrete (eager use); they are masked out either way.
+
+  Diagnostics are sown into `'intermediates'` (stored when it is mutable):
+  `invalid_labels`, the count of masked labels, and the batch means of
+  `losses.DIAGNOSTICS` (`feature_center_distance`, `center_norm`,
+  `center_movement`; see `losses.diagnostics`).
   """
   num_classes: int
   alpha: float = 0.5
   axis_name: Optional[str] = None
   centers_init: Initializer = nn.initializers.zeros
+  rule: str = 'paper'
+  normalize: bool = False
   strict_labels: bool = False
 
   def __post_init__(self):
-    losses.common.check_alpha(self.alpha)
+    losses.center.check_update_options(self.alpha, self.rule)
     super().__post_init__()
 
   @nn.compact
@@ -93,7 +102,9 @@ class CenterLoss(nn.Module):
         CENTERS_COLLECTION, 'centers',
         lambda: self.centers_init(self.make_rng('params'),
                                   (self.num_classes, dim), jnp.float32))
-    loss = losses.center_loss(features, labels, centers.value, weights)
+    old_centers = centers.value
+    loss = losses.center_loss(features, labels, old_centers, weights,
+                              normalize=self.normalize)
     self.sow('intermediates', 'invalid_labels',
              losses.invalid_label_count(labels, self.num_classes, weights,
                                         axis_name=self.axis_name))
@@ -106,6 +117,12 @@ class CenterLoss(nn.Module):
             f"{CENTERS_COLLECTION}']) and merge the returned updates into "
             'the variables, or pass update=False to only read the centers.')
       centers.value = losses.update_centers(
-          centers.value, features, labels, alpha=self.alpha, weights=weights,
-          axis_name=self.axis_name)
+          old_centers, features, labels, alpha=self.alpha, weights=weights,
+          rule=self.rule, normalize=self.normalize, axis_name=self.axis_name)
+    if self.is_mutable_collection('intermediates'):
+      # Only when stored: the extra gathers cost nothing otherwise.
+      for name, value in losses.center_diagnostics(
+          features, labels, old_centers, centers.value, weights,
+          axis_name=self.axis_name).items():
+        self.sow('intermediates', name, value)
     return loss

@@ -5,7 +5,9 @@ The centers are a `Centers` variable, a subclass of `nnx.Variable` and not of
 `nnx.grad(..., argnums=nnx.DiffState(0, nnx.Param))` leave them alone; Eq. 4
 updates them in place when the module is called in training mode. Like
 `nnx.BatchNorm`'s running statistics, they stay put after `model.eval()`
-(which sets `use_running_average=True`) until `model.train()`.
+(which sets `use_running_average=True`) until `model.train()`. Every call
+also refreshes the module's `Diagnostic` variables (`invalid_labels`,
+`feature_center_distance`, `center_norm`, `center_movement`).
 
 Example:
 
@@ -43,8 +45,13 @@ class Centers(nnx.Variable):
   """Class centers: non-differentiable state, updated by Eq. 4 only."""
 
 
-class InvalidLabelCount(nnx.Variable):
-  """How many labels of the last call were outside `[0, num_classes)`."""
+class Diagnostic(nnx.Variable):
+  """A number about the last call, for logging; never differentiated.
+
+  `CenterLoss` keeps `invalid_labels` (how many labels were outside
+  `[0, num_classes)`) and the batch means of `losses.DIAGNOSTICS`:
+  `feature_center_distance`, `center_norm`, `center_movement`.
+  """
 
 
 class CenterLoss(nnx.Module):
@@ -53,6 +60,7 @@ class CenterLoss(nnx.Module):
   def __init__(self, num_classes: int, feature_dim: int, *,
                alpha: float = 0.5, axis_name: Optional[str] = None,
                centers_init: Initializer = nnx.initializers.zeros,
+               rule: str = 'paper', normalize: bool = False,
                use_running_average: bool = False,
                strict_labels: bool = False, rngs: nnx.Rngs):
     """Creates float32 centers of shape (num_classes, feature_dim).
@@ -64,6 +72,10 @@ class CenterLoss(nnx.Module):
       axis_name: the mapped batch axis under `jax.pmap`/`jax.shard_map`, so
         the update uses the global batch; None under plain `jax.jit`.
       centers_init: initializer for the centers; zeros by default.
+      rule: the update, `'paper'` (Eq. 4) or `'ema'` (a moving average of
+        each class's batch mean; see `losses.update_centers`).
+      normalize: the cosine center loss for margin-softmax heads: features
+        and centers on the unit sphere.
       use_running_average: only read the centers, as `nnx.BatchNorm` uses
         its running statistics: set by `model.eval()` (True) and
         `model.train()` (False), NNX's convention for train/eval state.
@@ -73,15 +85,19 @@ class CenterLoss(nnx.Module):
       rngs: the RNG streams; `rngs.params()` seeds `centers_init`.
 
     Raises:
-      ValueError: `alpha` outside [0, 1].
+      ValueError: `alpha` outside [0, 1] or an unknown `rule`.
     """
-    losses.common.check_alpha(alpha)
+    losses.center.check_update_options(alpha, rule)
     self.num_classes = num_classes
     self.alpha = alpha
     self.axis_name = axis_name
+    self.rule = rule
+    self.normalize = normalize
     self.use_running_average = use_running_average
     self.strict_labels = strict_labels
-    self.invalid_labels = InvalidLabelCount(jnp.zeros((), jnp.int32))
+    self.invalid_labels = Diagnostic(jnp.zeros((), jnp.int32))
+    for name in losses.DIAGNOSTICS:
+      setattr(self, name, Diagnostic(jnp.zeros((), jnp.float32)))
     self.centers = Centers(
         centers_init(rngs.params(), (num_classes, feature_dim), jnp.float32))
 
@@ -106,11 +122,16 @@ class CenterLoss(nnx.Module):
     if self.strict_labels:
       losses.common.check_labels_in_range(labels, self.num_classes)
     centers = self.centers[...]
-    loss = losses.center_loss(features, labels, centers, weights)
+    loss = losses.center_loss(features, labels, centers, weights,
+                              normalize=self.normalize)
     self.invalid_labels[...] = losses.invalid_label_count(
         labels, self.num_classes, weights, axis_name=self.axis_name)
     if update:
       self.centers[...] = losses.update_centers(
           centers, features, labels, alpha=self.alpha, weights=weights,
-          axis_name=self.axis_name)
+          rule=self.rule, normalize=self.normalize, axis_name=self.axis_name)
+    for name, value in losses.center_diagnostics(
+        features, labels, centers, self.centers[...], weights,
+        axis_name=self.axis_name).items():
+      getattr(self, name)[...] = value
     return loss

@@ -52,6 +52,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.center_loss = ml_collections.ConfigDict()
   config.center_loss.weight = 0.01
   config.center_loss.alpha = 0.5
+  # Variants: 'ema' moves each center by alpha toward its class's batch mean
+  # (Eq. 4 without n_j / (1 + n_j)); normalize=True is the cosine center
+  # loss, features and centers on the unit sphere (for margin softmax).
+  config.center_loss.rule = 'paper'
+  config.center_loss.normalize = False
 
   # The classification loss, and the losses the paper compares the center
   # loss with (each combinable with it): 'softmax' (a linear classifier, the

@@ -9,11 +9,11 @@ rows and its kernel columns. The batch is sharded over the `'batch'` axis and
 replicated over `'classes'`, so every class shard sees the same examples.
 
 Exactness. Every function equals its replicated counterpart
-(`center.center_distances`, `center.update_centers`,
-`optax.softmax_cross_entropy_with_integer_labels`, `jnp.argmax`) up to float
+(`center.center_loss`, `center.update_centers`,
+`softmax.softmax_cross_entropy_loss`, `jnp.argmax`) up to float
 reassociation, values and gradients alike:
 
-* `class_sharded_center_distances`: each example's center lives on exactly one
+* `class_sharded_center_loss`: each example's center lives on exactly one
   shard; that shard reads it, the others contribute zeros, and a `psum` over
   the class axis hands every shard the exact row (x + 0 = x). The distance is
   then computed locally, so its gradient to the features is local too.
@@ -22,7 +22,7 @@ reassociation, values and gradients alike:
   other shards are passed as -1 and ignored). The in-place scatter of
   `center.update_centers` is kept: with donated centers nothing shard-sized is
   copied.
-* `class_sharded_logits` and `class_sharded_softmax_cross_entropy`: each device
+* `class_sharded_logits` and `class_sharded_softmax_cross_entropy_loss`: each device
   computes the logits of the global batch (features all-gathered over the
   batch axis) for its classes; the log-sum-exp is a `pmax` of row maxima and
   a `psum` of per-shard sums of exponentials, and the target logit is picked
@@ -43,8 +43,10 @@ the sum of `w_all`):
     features = trunk(params, x)
     logits = class_sharded_logits(features, kernel, class_axis='classes',
                                   batch_axis='batch')
-    ce = class_sharded_softmax_cross_entropy(logits, y_all, ...)
-    distances = class_sharded_center_distances(features, y, centers, w, ...)
+    ce = class_sharded_softmax_cross_entropy_loss(logits, y_all,
+                                                  reduction='none', ...)
+    distances = class_sharded_center_loss(features, y, centers, w,
+                                          reduction='none', ...)
     loss = (sum(w_all * ce) + lam * sum(distances)) / W
     # grad: psum the trunk's gradient over 'batch', not the kernel's.
     centers = class_sharded_update_centers(
@@ -75,6 +77,7 @@ import jax.numpy as jnp
 
 from centerloss_jax.losses import center
 from centerloss_jax.losses import common
+from centerloss_jax.losses import diagnostics
 
 Array = jax.Array
 
@@ -126,17 +129,19 @@ def _local_labels(labels: Array, num_local_classes: int,
   return in_shard, local
 
 
-def _check_logits(logits_shard, labels) -> None:
+def _check_logits(logits_shard, labels, weights=None) -> None:
   """Raises ValueError/TypeError (at trace time) for ill-shaped logits."""
-  if jnp.ndim(logits_shard) != 2:
-    raise ValueError(
-        'logits_shard must have shape (batch, num_local_classes), got shape '
-        f'{jnp.shape(logits_shard)}.')
-  if not jnp.issubdtype(jnp.result_type(logits_shard), jnp.floating):
-    raise TypeError(
-        'logits_shard must be floating point, got dtype '
-        f'{jnp.result_type(logits_shard)}.')
-  common.check_labels(labels, logits_shard, 'logits_shard')
+  common.check_rows(logits_shard, labels, weights, rows_name='logits_shard',
+                    columns='num_local_classes')
+
+
+def _global_weights(labels: Array, weights: Optional[Array],
+                    num_local_classes: int, class_axis: str) -> Array:
+  """float32 weights (1 by default), 0 where the global label is invalid."""
+  valid = _valid_global_labels(labels, num_local_classes, class_axis)
+  if weights is None:
+    return valid.astype(jnp.float32)
+  return jnp.where(valid, jnp.asarray(weights, jnp.float32), 0.0)
 
 
 # ---------------------------------------------------------------------------
@@ -225,19 +230,20 @@ def _own_centers(centers_shard: Array, labels: Array,
   return jax.lax.psum(jnp.where(in_shard[:, None], own, 0.0), class_axis)
 
 
-def class_sharded_center_distances(features: Array, labels: Array,
-                                   centers_shard: Array,
-                                   weights: Optional[Array] = None, *,
-                                   class_axis: str) -> Array:
-  """Per-example center-loss terms `0.5 * w_i ||x_i - c_{y_i}||^2`, sharded.
+def class_sharded_center_loss(features: Array, labels: Array,
+                              centers_shard: Array,
+                              weights: Optional[Array] = None, *,
+                              class_axis: str, normalize: bool = False,
+                              reduction: str = 'mean') -> Array:
+  """The center loss (Eq. 2) of this device's batch, with sharded centers.
 
-  Equal to `center.center_distances(features, labels, centers, weights)` with
-  the full centers `centers = concat(centers_shard over class_axis)`, on every
-  class shard. Centers get no gradient; the gradient to the features is Eq. 3,
-  `w_i (x_i - c_{y_i})`, complete on every class shard (no further reduction
+  Equal to `center.center_loss(features, labels, centers, weights, ...)`
+  with the full centers `centers = concat(centers_shard over class_axis)`,
+  on every class shard. Centers get no gradient; the gradient to the
+  features is Eq. 3, complete on every class shard (no further reduction
   over `class_axis` is needed or allowed). Out-of-range labels (outside
-  `[0, C)` with `C = num_local_classes * axis_size(class_axis)`) and weight-0
-  rows contribute exactly 0.
+  `[0, C)` with `C = num_local_classes * axis_size(class_axis)`) and
+  weight-0 rows contribute exactly 0.
 
   Communication: one `psum` over `class_axis` of the (batch, D) own centers
   in the forward pass, nothing in the backward pass.
@@ -249,25 +255,59 @@ def class_sharded_center_distances(features: Array, labels: Array,
     centers_shard: (C / M, D) this device's rows of the centers.
     weights: optional (batch,) non-negative example weights (0 for padding).
     class_axis: the mesh axis the classes are sharded over.
+    normalize: the cosine form, as in `center.center_loss`.
+    reduction: `'mean'` (over this device's examples), `'sum'`, or `'none'`
+      for the (batch,) weighted terms.
 
   Returns:
-    (batch,) float32 array, identical on every class shard.
+    A float32 scalar, or (batch,) for `'none'`; identical on every class
+    shard.
   """
-  center.check_inputs(
-      features, labels, centers_shard, weights)
+  common.check_reduction(reduction)
+  center.check_inputs(features, labels, centers_shard, weights)
   own = _own_centers(centers_shard, labels, class_axis)
-  # Row i of `own` is example i's center; globally invalid labels point at
-  # row -1, which `center_distances` masks exactly as it masks them itself.
+  return center.center_loss(
+      features, _own_rows(labels, centers_shard.shape[0], class_axis), own,
+      weights, normalize=normalize, reduction=reduction)
+
+
+def _own_rows(labels: Array, num_local_classes: int,
+              class_axis: str) -> Array:
+  """Row i for example i, -1 for globally invalid labels.
+
+  Indexes `_own_centers`' result as labels index the centers, so the
+  replicated functions mask exactly the examples they mask themselves.
+  """
   batch = jnp.shape(labels)[0]
-  rows = jnp.where(
-      _valid_global_labels(labels, centers_shard.shape[0], class_axis),
+  return jnp.where(
+      _valid_global_labels(labels, num_local_classes, class_axis),
       jnp.arange(batch, dtype=jnp.int32), -1)
-  return center.center_distances(features, rows, own, weights)
+
+
+def class_sharded_center_diagnostics(features: Array, labels: Array,
+                                     centers_shard: Array,
+                                     new_centers_shard: Array,
+                                     weights: Optional[Array] = None, *,
+                                     class_axis: str,
+                                     reduction: str = 'mean'
+                                     ) -> dict[str, Array]:
+  """`diagnostics.center_diagnostics` with sharded centers.
+
+  Communication: two (batch, D) `psum`s over `class_axis` (the own centers
+  before and after the update).
+  """
+  center.check_inputs(features, labels, centers_shard, weights)
+  return diagnostics.diagnostics_from_own_centers(
+      features, _own_centers(centers_shard, labels, class_axis),
+      _own_centers(new_centers_shard, labels, class_axis),
+      _global_weights(labels, weights, centers_shard.shape[0], class_axis),
+      reduction=reduction)
 
 
 def class_sharded_update_centers(centers_shard: Array, features: Array,
                                  labels: Array, *, alpha: float,
                                  weights: Optional[Array] = None,
+                                 rule: str = 'paper', normalize: bool = False,
                                  class_axis: str,
                                  batch_axis: Optional[str] = None) -> Array:
   """Eq. 4 on this device's classes, from the global batch.
@@ -290,6 +330,7 @@ def class_sharded_update_centers(centers_shard: Array, features: Array,
     labels: (batch,) integer global class ids.
     alpha: the centers' learning rate, Eq. 4.
     weights: optional (batch,) non-negative weights; 0 marks padding.
+    rule, normalize: as in `center.update_centers`.
     class_axis: the mesh axis the classes are sharded over.
     batch_axis: the mesh axis (or tuple of axes) the batch is sharded over,
       if any.
@@ -301,7 +342,8 @@ def class_sharded_update_centers(centers_shard: Array, features: Array,
       features, labels, centers_shard, weights)
   _, local = _local_labels(labels, centers_shard.shape[0], class_axis)
   return center.update_centers(centers_shard, features, local, alpha=alpha,
-                                 weights=weights, axis_name=batch_axis)
+                               weights=weights, rule=rule,
+                               normalize=normalize, axis_name=batch_axis)
 
 
 # ---------------------------------------------------------------------------
@@ -355,17 +397,20 @@ def class_sharded_logits(features: Array, kernel_shard: Array, *,
   return _copy_to_shards(features, class_axis, batch_axis) @ kernel_shard
 
 
-def class_sharded_softmax_cross_entropy(logits_shard: Array, labels: Array,
-                                        *, class_axis: str) -> Array:
-  """Per-example softmax cross-entropy from class-sharded logits.
+def class_sharded_softmax_cross_entropy_loss(
+    logits_shard: Array, labels: Array, weights: Optional[Array] = None, *,
+    class_axis: str, reduction: str = 'mean') -> Array:
+  """Softmax cross-entropy from class-sharded logits.
 
-  Equal to `optax.softmax_cross_entropy_with_integer_labels(logits, labels)`
-  on the full logits `concat(logits_shard over class_axis, axis=1)`:
+  Equal to `softmax.softmax_cross_entropy_loss(logits, labels, weights,
+  reduction=...)` on the full logits `concat(logits_shard over class_axis,
+  axis=1)`, per example
+  `optax.softmax_cross_entropy_with_integer_labels(logits, labels)`:
   `log sum_j exp(l_j - m) - (l_y - m)` with `m` the global row maximum (a
   `pmax`), the sum of exponentials a `psum`, and the target logit picked on
   its owner shard and `psum`-ed. Computed in float32. Out-of-range labels
-  (outside `[0, C)`) give 0 and no gradient, like the masking of `common`;
-  weight them out of the normaliser too.
+  (outside `[0, C)`) and weight-0 rows give 0 and no gradient, and leave
+  the normaliser of `'mean'`, like the masking of `common`.
 
   The gradient to `logits_shard` is this shard's part of
   `softmax(logits) - onehot(label)`, on every shard; get the logits from
@@ -376,12 +421,17 @@ def class_sharded_softmax_cross_entropy(logits_shard: Array, labels: Array,
   Args:
     logits_shard: (batch, C / M) logits of this shard's classes.
     labels: (batch,) integer global class ids, identical across `class_axis`.
+    weights: optional (batch,) non-negative example weights.
     class_axis: the mesh axis the classes are sharded over.
+    reduction: `'mean'`, `'sum'` or `'none'` for the (batch,) weighted
+      terms.
 
   Returns:
-    (batch,) float32 cross-entropies, identical on every class shard.
+    A float32 scalar, or (batch,) for `'none'`; identical on every class
+    shard.
   """
-  _check_logits(logits_shard, labels)
+  common.check_reduction(reduction)
+  _check_logits(logits_shard, labels, weights)
   num_local = logits_shard.shape[1]
   logits = jnp.asarray(logits_shard).astype(jnp.float32)
   # The maximum only stabilises the exponentials; the result does not depend
@@ -397,8 +447,10 @@ def class_sharded_softmax_cross_entropy(logits_shard: Array, labels: Array,
       jnp.stack([jnp.sum(jnp.exp(shifted), axis=-1),
                  jnp.where(in_shard, picked, 0.0)], axis=-1),
       class_axis).T
-  valid = _valid_global_labels(labels, num_local, class_axis)
-  return jnp.where(valid, jnp.log(sum_exp) - target, 0.0)
+  weights = _global_weights(labels, weights, num_local, class_axis)
+  per_example = jnp.where(weights > 0, weights * (jnp.log(sum_exp) - target),
+                          0.0)
+  return common.reduce_loss(per_example, jnp.sum(weights), reduction)
 
 
 def class_sharded_argmax_accuracy(logits_shard: Array, labels: Array, *,

@@ -5,6 +5,14 @@ inputs' dtype, example weights with 0 for padding, and labels outside
 `[0, num_classes)` masked out (never clipped or wrapped onto another class:
 `clip` or `take`-style wrap-around would silently pull the feature toward,
 and move, another class's center).
+
+Reductions. Every loss is one function, `<name>_loss(..., reduction='mean')`,
+as in pytorch-metric-learning and `torch.nn`: `'mean'` is the weighted mean
+over what the loss counts (examples; pairs for the contrastive loss, anchors
+that take part for the triplet loss), `'sum'` the weighted sum, and `'none'`
+the (batch,) per-example terms with their weights applied, for trainers that
+normalise over a global batch themselves (sum them, divide by the global
+normaliser).
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ Array = jax.Array
 # an all-padding batch has loss 0 (and gradient 0) instead of NaN; also the
 # floor of squared norms and distances whose square root is differentiated.
 EPSILON = 1e-12
+
+REDUCTIONS = ('mean', 'sum', 'none')
 
 
 def check_labels(labels, rows, rows_name: str) -> None:
@@ -119,6 +129,32 @@ def check_labels_in_range(labels: Any, num_classes: int) -> None:
         f'{int(bad.sum())} of {bad.size} labels are outside [0, '
         f'{num_classes}): the first is {values[index]} at index {index} '
         '(1-indexed labels? the wrong num_classes?).')
+
+
+def check_reduction(reduction: str) -> None:
+  """Raises unless `reduction` is one of `REDUCTIONS`."""
+  if reduction not in REDUCTIONS:
+    raise ValueError(
+        f'reduction must be one of {REDUCTIONS}, got {reduction!r}.')
+
+
+def reduce_loss(per_example: Array, normalizer: Array,
+                reduction: str) -> Array:
+  """Applies `reduction` to weighted per-example terms.
+
+  Args:
+    per_example: (batch,) float32 terms, weights already applied.
+    normalizer: what `'mean'` divides the sum by (the sum of the weights, the
+      number of pairs, ...); a zero normaliser gives 0, not NaN.
+    reduction: one of `REDUCTIONS`.
+  """
+  check_reduction(reduction)
+  if reduction == 'none':
+    return per_example
+  total = jnp.sum(per_example)
+  if reduction == 'sum':
+    return total
+  return total / jnp.maximum(normalizer, EPSILON)
 
 
 def valid_label_mask(labels: Array, num_classes: int) -> Array:

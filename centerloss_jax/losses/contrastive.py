@@ -199,6 +199,22 @@ def contrastive_loss_sums(anchor_features: Array, anchor_labels: Array,
     ValueError: for ill-shaped inputs, a negative margin or an anchor_offset
       that does not fit.
   """
+  terms, pair_weights, same = _weighted_pair_terms(
+      anchor_features, anchor_labels, anchor_weights, candidate_features,
+      candidate_labels, candidate_weights, margin=margin,
+      anchor_offset=anchor_offset, normalize=normalize)
+  return {
+      'loss': jnp.sum(terms),
+      'num_pairs': jnp.sum(pair_weights),
+      'num_positive_pairs': jnp.sum(jnp.where(same, pair_weights, 0.0)),
+  }
+
+
+def _weighted_pair_terms(anchor_features, anchor_labels, anchor_weights,
+                         candidate_features, candidate_labels,
+                         candidate_weights, *, margin, anchor_offset,
+                         normalize) -> tuple[Array, Array, Array]:
+  """(b, B) weighted pair terms, pair weights and same-identity mask."""
   check_rows(anchor_features, anchor_labels, anchor_weights, 'anchor')
   check_rows(candidate_features, candidate_labels, candidate_weights,
              'candidate')
@@ -221,22 +237,18 @@ def contrastive_loss_sums(anchor_features: Array, anchor_labels: Array,
   # gradient at d = 0. Negative pairs need d, whose gradient at d = 0 (two
   # coinciding features, no direction to push them apart) is taken as 0.
   hinge = jnp.maximum(margin - safe_sqrt(squared), 0.0)
-  terms = 0.5 * jnp.where(same, squared, hinge * hinge)
-  return {
-      'loss': jnp.sum(pair_weights * terms),
-      'num_pairs': jnp.sum(pair_weights),
-      'num_positive_pairs': jnp.sum(jnp.where(same, pair_weights, 0.0)),
-  }
+  terms = pair_weights * (0.5 * jnp.where(same, squared, hinge * hinge))
+  return terms, pair_weights, same
 
 
 def contrastive_loss(features: Array, labels: Array,
                      weights: Optional[Array] = None, *, margin: float,
-                     normalize: bool = False) -> Array:
-  """The contrastive loss averaged over all valid ordered pairs of a batch.
+                     normalize: bool = False,
+                     reduction: str = 'mean') -> Array:
+  """The contrastive loss over all valid ordered pairs of a batch.
 
-  `contrastive_loss_sums(...)['loss'] / num_pairs` with the batch as both
-  anchors and candidates; for one device (data-parallel trainers psum the
-  sums instead).
+  `contrastive_loss_sums` with the batch as both anchors and candidates, for
+  one device (data-parallel trainers psum the sums instead).
 
   Args:
     features: (batch, dim) features.
@@ -244,11 +256,15 @@ def contrastive_loss(features: Array, labels: Array,
     weights: optional (batch,) weights; 0 marks padding.
     margin: the distance beyond which different identities cost nothing.
     normalize: whether to L2-normalise the features first.
+    reduction: `'mean'` over the valid pairs (weighted), `'sum'`, or
+      `'none'` for each example's sum over the pairs it anchors, (batch,).
 
   Returns:
-    A float32 scalar; 0 when there is no pair.
+    A float32 scalar (0 when there is no pair), or (batch,) for `'none'`.
   """
-  sums = contrastive_loss_sums(features, labels, weights, features, labels,
-                               weights, margin=margin, normalize=normalize)
-  return sums['loss'] / jnp.maximum(sums['num_pairs'], common.EPSILON)
-
+  common.check_reduction(reduction)
+  terms, pair_weights, _ = _weighted_pair_terms(
+      features, labels, weights, features, labels, weights, margin=margin,
+      anchor_offset=None, normalize=normalize)
+  return common.reduce_loss(jnp.sum(terms, axis=1), jnp.sum(pair_weights),
+                            reduction)

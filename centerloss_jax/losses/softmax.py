@@ -30,40 +30,6 @@ def check_class_scores(scores, labels, name: str, weights=None) -> None:
                       columns='num_classes')
 
 
-def softmax_cross_entropy(logits: Array, labels: Array,
-                          weights: Optional[Array] = None) -> Array:
-  """Per-example softmax cross-entropy `w_i * (logsumexp(z_i) - z_{i, y_i})`.
-
-  The building block for trainers that normalise over a global batch: sum
-  these over all replicas and divide by the global sum of weights (of examples
-  with a valid label). Rows with a label outside `[0, num_classes)` or with
-  weight 0 are exactly 0, and so is their gradient, even when their logits
-  are NaN or inf (a select, not a product, masks them).
-
-  Args:
-    logits: (batch, num_classes) floating point logits, any float dtype.
-    labels: (batch,) integer class ids.
-    weights: optional (batch,) non-negative example weights; 0 marks padding.
-      Without them every row with a valid label has weight 1.
-
-  Returns:
-    (batch,) float32 array.
-  """
-  check_class_scores(logits, labels, 'logits', weights)
-  valid = common.valid_label_mask(labels, jnp.shape(logits)[1])
-  weights = common.effective_weights(labels, jnp.shape(logits)[1], weights)
-  keep = weights > 0
-  # Selecting only the output would leave 0 * NaN in the backward pass of a
-  # NaN row, so the masked rows' logits get a zero cotangent too. (Not a
-  # select on the logits themselves: the forward pass then stays the plain
-  # optax computation, which XLA compiles exactly as a trainer's own.)
-  logits = _zero_cotangent_where_masked(logits.astype(jnp.float32), keep)
-  safe_labels = jnp.where(valid, labels, 0).astype(jnp.int32)
-  per_example = optax.softmax_cross_entropy_with_integer_labels(
-      logits, safe_labels)
-  return jnp.where(keep, weights * per_example, 0.0)
-
-
 @jax.custom_vjp
 def _zero_cotangent_where_masked(rows: Array, keep: Array) -> Array:
   """`rows`, whose gradient is zeroed in the rows where `keep` is False."""
@@ -83,22 +49,41 @@ _zero_cotangent_where_masked.defvjp(_zero_cotangent_fwd, _zero_cotangent_bwd)
 
 
 def softmax_cross_entropy_loss(logits: Array, labels: Array,
-                               weights: Optional[Array] = None) -> Array:
-  """Softmax cross-entropy as a weighted mean over the mini-batch.
+                               weights: Optional[Array] = None, *,
+                               reduction: str = 'mean') -> Array:
+  """Softmax cross-entropy, per example `w_i (logsumexp(z_i) - z_{i, y_i})`.
 
-  `sum_i w_i CE_i / sum_i w_i` over the examples with a valid label, the
-  normalisation of `center.center_loss`, so the two add up with
-  the paper's `lambda` unchanged by padding.
+  The default `'mean'` divides the sum by `sum_i w_i` over the examples with
+  a valid label, the normalisation of `center.center_loss`, so the two add
+  up with the paper's `lambda` unchanged by padding. Rows with a label
+  outside `[0, num_classes)` or with weight 0 are exactly 0, and so is their
+  gradient, even when their logits are NaN or inf (a select, not a product,
+  masks them).
 
   Args:
-    logits: (batch, num_classes) logits.
+    logits: (batch, num_classes) floating point logits, any float dtype.
     labels: (batch,) integer class ids; out-of-range ids are masked out.
-    weights: optional (batch,) example weights; 0 marks padding.
+    weights: optional (batch,) non-negative example weights; 0 marks padding.
+      Without them every row with a valid label has weight 1.
+    reduction: `'mean'`, `'sum'`, or `'none'` for the (batch,) weighted
+      terms (what `optax.softmax_cross_entropy_with_integer_labels` returns,
+      masked), for trainers that normalise over a global batch.
 
   Returns:
-    A float32 scalar; 0 when every weight is 0.
+    A float32 scalar (0 when every weight is 0), or (batch,) for `'none'`.
   """
-  per_example = softmax_cross_entropy(logits, labels, weights)
-  total_weight = jnp.sum(
-      common.effective_weights(labels, jnp.shape(logits)[1], weights))
-  return jnp.sum(per_example) / jnp.maximum(total_weight, common.EPSILON)
+  common.check_reduction(reduction)
+  check_class_scores(logits, labels, 'logits', weights)
+  valid = common.valid_label_mask(labels, jnp.shape(logits)[1])
+  weights = common.effective_weights(labels, jnp.shape(logits)[1], weights)
+  keep = weights > 0
+  # Selecting only the output would leave 0 * NaN in the backward pass of a
+  # NaN row, so the masked rows' logits get a zero cotangent too. (Not a
+  # select on the logits themselves: the forward pass then stays the plain
+  # optax computation, which XLA compiles exactly as a trainer's own.)
+  logits = _zero_cotangent_where_masked(logits.astype(jnp.float32), keep)
+  safe_labels = jnp.where(valid, labels, 0).astype(jnp.int32)
+  per_example = optax.softmax_cross_entropy_with_integer_labels(
+      logits, safe_labels)
+  return common.reduce_loss(jnp.where(keep, weights * per_example, 0.0),
+                            jnp.sum(weights), reduction)

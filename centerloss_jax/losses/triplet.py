@@ -75,6 +75,18 @@ def batch_hard_triplet_loss_sums(anchor_features: Array, anchor_labels: Array,
     ValueError: for ill-shaped inputs, a missing or negative margin, or an
       anchor_offset that does not fit.
   """
+  terms, weights = _weighted_anchor_terms(
+      anchor_features, anchor_labels, anchor_weights, candidate_features,
+      candidate_labels, candidate_weights, margin=margin,
+      anchor_offset=anchor_offset, soft=soft, normalize=normalize)
+  return {'loss': jnp.sum(terms), 'num_anchors': jnp.sum(weights)}
+
+
+def _weighted_anchor_terms(anchor_features, anchor_labels, anchor_weights,
+                           candidate_features, candidate_labels,
+                           candidate_weights, *, margin, anchor_offset, soft,
+                           normalize) -> tuple[Array, Array]:
+  """(b,) weighted anchor terms and the weights of the anchors that count."""
   contrastive.check_rows(anchor_features, anchor_labels, anchor_weights,
                          'anchor')
   contrastive.check_rows(candidate_features, candidate_labels,
@@ -113,21 +125,18 @@ def batch_hard_triplet_loss_sums(anchor_features: Array, anchor_labels: Array,
   else:
     terms = jnp.maximum(margin + gap, 0.0)
   weights = jnp.where(takes_part, anchor_weights, 0.0)
-  return {
-      'loss': jnp.sum(weights * terms),
-      'num_anchors': jnp.sum(weights),
-  }
+  return weights * terms, weights
 
 
 def batch_hard_triplet_loss(features: Array, labels: Array,
                             weights: Optional[Array] = None, *,
                             margin: Optional[float] = None, soft: bool = False,
-                            normalize: bool = False) -> Array:
-  """The batch-hard triplet loss averaged over the anchors that take part.
+                            normalize: bool = False,
+                            reduction: str = 'mean') -> Array:
+  """The batch-hard triplet loss of a batch.
 
-  `batch_hard_triplet_loss_sums(...)['loss'] / num_anchors` with the batch as
-  both anchors and candidates; for one device (data-parallel trainers psum
-  the sums instead).
+  `batch_hard_triplet_loss_sums` with the batch as both anchors and
+  candidates, for one device (data-parallel trainers psum the sums instead).
 
   Args:
     features: (batch, dim) features.
@@ -136,11 +145,15 @@ def batch_hard_triplet_loss(features: Array, labels: Array,
     margin: the hard margin; required unless `soft`.
     soft: use the soft margin `softplus(d_ap - d_an)`.
     normalize: whether to L2-normalise the features first.
+    reduction: `'mean'` over the anchors that take part (weighted), `'sum'`,
+      or `'none'` for the (batch,) weighted anchor terms.
 
   Returns:
-    A float32 scalar; 0 when no anchor has both a positive and a negative.
+    A float32 scalar (0 when no anchor has both a positive and a negative),
+    or (batch,) for `'none'`.
   """
-  sums = batch_hard_triplet_loss_sums(
+  common.check_reduction(reduction)
+  terms, anchor_weights = _weighted_anchor_terms(
       features, labels, weights, features, labels, weights, margin=margin,
-      soft=soft, normalize=normalize)
-  return sums['loss'] / jnp.maximum(sums['num_anchors'], common.EPSILON)
+      anchor_offset=None, soft=soft, normalize=normalize)
+  return common.reduce_loss(terms, jnp.sum(anchor_weights), reduction)

@@ -85,8 +85,8 @@ class ShardedClasses:
     # The logits are of the global batch: pair them with its labels/weights.
     global_labels, global_weights = jax.lax.all_gather(
         (labels, weights), axis_name, axis=0, tiled=True)
-    global_ce = class_sharded.class_sharded_softmax_cross_entropy(
-        logits, global_labels, class_axis=self.class_axis)
+    global_ce = class_sharded.class_sharded_softmax_cross_entropy_loss(
+        logits, global_labels, class_axis=self.class_axis, reduction='none')
     return Classification(
         loss_sum=jnp.sum(global_weights * global_ce),
         cross_entropy=_own_rows(global_ce, labels.shape[0], axis_name),
@@ -99,15 +99,24 @@ class ShardedClasses:
     return _own_rows(correct, classification.cross_entropy.shape[0],
                      axis_name)
 
-  def center_distances(self, features, labels, centers, weights):
-    return class_sharded.class_sharded_center_distances(
-        features, labels, centers, weights, class_axis=self.class_axis)
+  def center_loss_terms(self, features, labels, centers, weights, *,
+                        normalize):
+    return class_sharded.class_sharded_center_loss(
+        features, labels, centers, weights, class_axis=self.class_axis,
+        normalize=normalize, reduction='none')
 
   def update_centers(self, centers, features, labels, *, alpha, weights,
-                     axis_name):
+                     rule, normalize, axis_name):
     return class_sharded.class_sharded_update_centers(
-        centers, features, labels, alpha=alpha, weights=weights,
-        class_axis=self.class_axis, batch_axis=axis_name)
+        centers, features, labels, alpha=alpha, weights=weights, rule=rule,
+        normalize=normalize, class_axis=self.class_axis,
+        batch_axis=axis_name)
+
+  def center_diagnostic_sums(self, features, labels, centers, new_centers,
+                             weights):
+    return class_sharded.class_sharded_center_diagnostics(
+        features, labels, centers, new_centers, weights,
+        class_axis=self.class_axis, reduction='sum')
 
   def reduce_gradients(self, grads, axis_name):
     backbone_grads, kernel_grad = split_classifier(grads)

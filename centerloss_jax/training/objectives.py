@@ -16,6 +16,7 @@ from typing import Optional
 import jax
 import ml_collections
 
+from centerloss_jax.losses import center
 from centerloss_jax.losses import contrastive
 from centerloss_jax.losses import margin as margin_lib
 from centerloss_jax.losses import triplet
@@ -154,18 +155,29 @@ class Objective:
     center_loss_weight: lambda of Eq. 5 (0: softmax only; the centers still
       move, so the center-loss metric stays meaningful).
     center_alpha: alpha of Eq. 4, the centers' rate.
+    center_rule: `'paper'` (Eq. 4) or `'ema'` (see `update_centers`).
+    center_normalize: the cosine center loss, features and centers on the
+      unit sphere.
     classifier_loss: the classification term.
     pair_loss: an optional contrastive or triplet term.
   """
   center_loss_weight: float
   center_alpha: float
+  center_rule: str = 'paper'
+  center_normalize: bool = False
   classifier_loss: ClassifierLoss = ClassifierLoss()
   pair_loss: Optional[PairLoss] = None
 
+  def __post_init__(self):
+    center.check_update_options(self.center_alpha, self.center_rule)
+
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> Objective:
-    """From `config.center_loss` (`weight`, `alpha`) and `config.loss`."""
+    """From `config.center_loss` (`weight`, `alpha`, `rule`, `normalize`)
+    and `config.loss`."""
     return cls(center_loss_weight=config.center_loss.weight,
                center_alpha=config.center_loss.alpha,
+               center_rule=config.center_loss.rule,
+               center_normalize=config.center_loss.normalize,
                classifier_loss=ClassifierLoss.from_config(config.loss),
                pair_loss=PairLoss.from_config(config.loss))

@@ -76,14 +76,21 @@ class ClassLayout(Protocol):
               axis_name: Optional[str]) -> jax.Array:
     """(b,) bool: this replica's rows' argmax == label."""
 
-  def center_distances(self, features: jax.Array, labels: jax.Array,
-                       centers: jax.Array, weights: jax.Array) -> jax.Array:
+  def center_loss_terms(self, features: jax.Array, labels: jax.Array,
+                        centers: jax.Array, weights: jax.Array, *,
+                        normalize: bool) -> jax.Array:
     """(b,) weighted center-loss terms (Eq. 2's summands)."""
 
   def update_centers(self, centers: jax.Array, features: jax.Array,
                      labels: jax.Array, *, alpha: float, weights: jax.Array,
+                     rule: str, normalize: bool,
                      axis_name: Optional[str]) -> jax.Array:
     """Eq. 4 on this device's centers, from the global batch."""
+
+  def center_diagnostic_sums(self, features: jax.Array, labels: jax.Array,
+                             centers: jax.Array, new_centers: jax.Array,
+                             weights: jax.Array) -> dict[str, jax.Array]:
+    """This replica's weighted sums of `losses.DIAGNOSTICS`."""
 
   def reduce_gradients(self, grads: Any, axis_name: Optional[str]) -> Any:
     """The gradient of the global objective from this replica's."""
@@ -109,9 +116,9 @@ class ReplicatedClasses:
   def classification(self, params, features, model_logits, labels, weights,
                      *, classifier_loss, axis_name):
     del params, axis_name  # The model applied its own classifier.
-    cross_entropy = losses.softmax_cross_entropy(
+    cross_entropy = losses.softmax_cross_entropy_loss(
         classifier_loss.training_logits(model_logits, features, labels),
-        labels)
+        labels, reduction='none')
     return Classification(loss_sum=jnp.sum(weights * cross_entropy),
                           cross_entropy=cross_entropy,
                           logits=model_logits, logit_labels=labels)
@@ -121,13 +128,21 @@ class ReplicatedClasses:
     return (jnp.argmax(classification.logits, -1)
             == classification.logit_labels)
 
-  def center_distances(self, features, labels, centers, weights):
-    return losses.center_distances(features, labels, centers, weights)
+  def center_loss_terms(self, features, labels, centers, weights, *,
+                        normalize):
+    return losses.center_loss(features, labels, centers, weights,
+                              normalize=normalize, reduction='none')
 
   def update_centers(self, centers, features, labels, *, alpha, weights,
-                     axis_name):
+                     rule, normalize, axis_name):
     return losses.update_centers(centers, features, labels, alpha=alpha,
-                                 weights=weights, axis_name=axis_name)
+                                 weights=weights, rule=rule,
+                                 normalize=normalize, axis_name=axis_name)
+
+  def center_diagnostic_sums(self, features, labels, centers, new_centers,
+                             weights):
+    return losses.center_diagnostics(features, labels, centers, new_centers,
+                                     weights, reduction='sum')
 
   def reduce_gradients(self, grads, axis_name):
     return psum(grads, axis_name)
@@ -162,8 +177,8 @@ def _step_rng(state: TrainState, axis_name: Optional[str]) -> jax.Array:
 
 
 def metric_sums(features, labels, batch_weights, *, num_classes,
-                cross_entropy, correct, center_distances,
-                axis_name) -> Metrics:
+                cross_entropy, correct, center_loss_terms,
+                center_diagnostic_sums, axis_name) -> Metrics:
   """Metric sums over the global batch from this replica's per-example terms.
 
   Sums rather than means so that batches (and replicas, and a padded final
@@ -176,8 +191,10 @@ def metric_sums(features, labels, batch_weights, *, num_classes,
     num_classes: C, all shards together.
     cross_entropy: (b,) per-example cross-entropy (softmax or margin).
     correct: (b,) bool, argmax == label.
-    center_distances: (b,) center-loss terms, already weighted (with invalid
-      labels masked).
+    center_loss_terms: (b,) center-loss terms, already weighted (with
+      invalid labels masked).
+    center_diagnostic_sums: this replica's sums of `losses.DIAGNOSTICS`
+      (feature-to-center distance, center norm and movement per example).
     axis_name: the replica axis, or None.
   """
   invalid_labels = losses.invalid_label_count(
@@ -186,7 +203,8 @@ def metric_sums(features, labels, batch_weights, *, num_classes,
                                             batch_weights)
   sums = {
       'cross_entropy': jnp.sum(weights * cross_entropy),
-      'center_loss': jnp.sum(center_distances),
+      'center_loss': jnp.sum(center_loss_terms),
+      **center_diagnostic_sums,
       'accuracy': jnp.sum(weights * correct),
       'feature_norm': jnp.sum(weights * jnp.linalg.norm(features, axis=-1)),
       'weight': jnp.sum(weights),
@@ -241,8 +259,9 @@ def train_step(state: TrainState, batch: Batch, *, objective: Objective,
     classification = classes.classification(
         params, features, model_logits, labels, weights,
         classifier_loss=objective.classifier_loss, axis_name=axis_name)
-    distances = classes.center_distances(features, labels, state.centers,
-                                         weights)
+    distances = classes.center_loss_terms(
+        features, labels, state.centers, weights,
+        normalize=objective.center_normalize)
     loss = (classification.loss_sum / total_weight
             + objective.center_loss_weight * jnp.sum(distances) / total_weight)
     pair_terms = {}
@@ -263,12 +282,16 @@ def train_step(state: TrainState, batch: Batch, *, objective: Objective,
   # the loss used: the paper's Algorithm 1.
   centers = classes.update_centers(
       state.centers, features, labels, alpha=objective.center_alpha,
-      weights=weights, axis_name=axis_name)
+      weights=weights, rule=objective.center_rule,
+      normalize=objective.center_normalize, axis_name=axis_name)
   metrics = metric_sums(
       features, labels, batch['weight'], num_classes=num_classes,
       cross_entropy=classification.cross_entropy,
       correct=classes.correct(classification, axis_name),
-      center_distances=distances, axis_name=axis_name)
+      center_loss_terms=distances,
+      center_diagnostic_sums=classes.center_diagnostic_sums(
+          features, labels, state.centers, centers, weights),
+      axis_name=axis_name)
   if pair_terms:
     # The count is already global; the other sums are per replica.
     metrics['pair_loss'] = psum(pair_terms['pair_loss'], axis_name)
@@ -284,10 +307,14 @@ def train_step(state: TrainState, batch: Batch, *, objective: Objective,
 
 def eval_step(state: TrainState, batch: Batch, *,
               classifier_loss: ClassifierLoss = ClassifierLoss(),
+              center_normalize: bool = False,
               classes: ClassLayout = ReplicatedClasses(),
               axis_name: Optional[str] = None
               ) -> tuple[Metrics, dict[str, jax.Array]]:
   """Evaluates one batch: metric sums and the per-example features.
+
+  The center-loss metric is the objective's (cosine with
+  `center_normalize`); the centers are only read.
 
   The cross-entropy is `classifier_loss`'s (with its margin); the accuracy
   is the argmax of the model's scores (no margin at test time).
@@ -313,8 +340,14 @@ def eval_step(state: TrainState, batch: Batch, *,
       features, labels, batch['weight'], num_classes=num_classes,
       cross_entropy=classification.cross_entropy,
       correct=classes.correct(classification, axis_name),
-      center_distances=classes.center_distances(features, labels,
-                                                state.centers, weights),
+      center_loss_terms=classes.center_loss_terms(
+          features, labels, state.centers, weights,
+          normalize=center_normalize),
+      # Nothing moves in evaluation: no center_movement.
+      center_diagnostic_sums={
+          name: value for name, value in classes.center_diagnostic_sums(
+              features, labels, state.centers, state.centers,
+              weights).items() if name != 'center_movement'},
       axis_name=axis_name)
   return metrics, {'feature': features, 'label': labels,
                    'weight': batch['weight'],

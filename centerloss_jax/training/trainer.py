@@ -88,6 +88,7 @@ def step_functions(config: ml_collections.ConfigDict):
                             classes=classes),
           functools.partial(steps.eval_step,
                             classifier_loss=objective.classifier_loss,
+                            center_normalize=objective.center_normalize,
                             classes=classes))
 
 

@@ -105,12 +105,12 @@ def test_center_distances_equal_replicated_on_every_model_shard(mesh):
   features, labels, weights, centers = global_batch()
 
   def fn(x, y, w, c):
-    return _per_class_shard(class_sharded.class_sharded_center_distances(
-        x, y, c, w, class_axis='classes'))
+    return _per_class_shard(class_sharded.class_sharded_center_loss(
+        x, y, c, w, class_axis='classes', reduction='none'))
 
   out = _run(fn, mesh, [P('batch'), P('batch'), P('batch'), P('classes')],
              P('classes', 'batch'), features, labels, weights, centers)
-  expected = np.asarray(jax.jit(loss_lib.center_distances)(
+  expected = np.asarray(jax.jit(functools.partial(loss_lib.center_loss, reduction='none'))(
       features, labels, centers, weights))
   assert expected[LONE_ROWS][0] > 0 and expected[0] == expected[14] == 0
   for shard, copy in enumerate(out):
@@ -124,8 +124,8 @@ def test_center_distances_gradient_is_eq3_on_every_model_shard(mesh):
 
   def fn(x, y, w, c):
     def total(x, c):
-      return jnp.sum(class_sharded.class_sharded_center_distances(
-          x, y, c, w, class_axis='classes'))
+      return jnp.sum(class_sharded.class_sharded_center_loss(
+          x, y, c, w, class_axis='classes', reduction='none'))
     grad_x, grad_c = jax.grad(total, argnums=(0, 1))(x, c)
     return _per_class_shard(grad_x), grad_c
 
@@ -133,8 +133,8 @@ def test_center_distances_gradient_is_eq3_on_every_model_shard(mesh):
       fn, mesh, [P('batch'), P('batch'), P('batch'), P('classes')],
       (P('classes', 'batch'), P('classes')), features, labels, weights, centers)
   expected = np.asarray(jax.jit(jax.grad(
-      lambda x: jnp.sum(loss_lib.center_distances(x, labels, centers,
-                                                  weights))))(features))
+      lambda x: jnp.sum(loss_lib.center_loss(x, labels, centers,
+                                                  weights, reduction='none'))))(features))
   # Eq. 3: w_i (x_i - c_{y_i}); rows 0 and 14 (invalid) and 4 (padding): 0.
   np.testing.assert_allclose(
       expected[1], weights[1] * (features[1] - centers[labels[1]]), **_TOL)
@@ -207,8 +207,8 @@ def test_cross_entropy_and_its_logit_gradient_equal_optax_on_full_logits(mesh):
 
   def fn(logits_shard, y, w):
     def total(logits_shard):
-      ce = class_sharded.class_sharded_softmax_cross_entropy(logits_shard, y,
-                                                 class_axis='classes')
+      ce = class_sharded.class_sharded_softmax_cross_entropy_loss(logits_shard, y,
+                                                 class_axis='classes', reduction='none')
       return jnp.sum(w * ce), ce
     grad, ce = jax.grad(total, has_aux=True)(logits_shard)
     return _per_class_shard(ce), grad
@@ -236,8 +236,8 @@ def test_cross_entropy_gradients_to_features_and_kernel_equal_optax(mesh):
     def total(x, k):
       logits = class_sharded.class_sharded_logits(x, k, class_axis='classes',
                                       batch_axis='batch')
-      return jnp.sum(all_w * class_sharded.class_sharded_softmax_cross_entropy(
-          logits, all_y, class_axis='classes'))
+      return jnp.sum(all_w * class_sharded.class_sharded_softmax_cross_entropy_loss(
+          logits, all_y, class_axis='classes', reduction='none'))
     grad_x, grad_k = jax.grad(total, argnums=(0, 1))(x, k)
     return _per_class_shard(grad_x), grad_k[None]
 
@@ -296,11 +296,11 @@ def test_uint8_labels_give_the_int32_results_beyond_256_classes(mesh):
   logits = rng.normal(size=(GLOBAL_BATCH, num_classes)).astype(np.float32)
 
   def fn(x, y, c, z):
-    return (class_sharded.class_sharded_center_distances(x, y, c, class_axis='classes'),
+    return (class_sharded.class_sharded_center_loss(x, y, c, class_axis='classes', reduction='none'),
             class_sharded.class_sharded_update_centers(c, x, y, alpha=ALPHA,
                                            class_axis='classes',
                                            batch_axis='batch'),
-            class_sharded.class_sharded_softmax_cross_entropy(z, y, class_axis='classes'),
+            class_sharded.class_sharded_softmax_cross_entropy_loss(z, y, class_axis='classes', reduction='none'),
             class_sharded.class_sharded_argmax_accuracy(z, y, class_axis='classes'))
 
   specs = [P('batch'), P('batch'), P('classes'), P('batch', 'classes')]
@@ -338,10 +338,10 @@ def sharded_train_step(params, centers, x, labels, weights):
     features = x @ params['w_feat']
     logits = class_sharded.class_sharded_logits(features, params['kernel'],
                                     class_axis='classes', batch_axis='batch')
-    ce = jnp.sum(all_w * class_sharded.class_sharded_softmax_cross_entropy(
-        logits, all_labels, class_axis='classes'))          # Global batch.
-    center = jnp.sum(class_sharded.class_sharded_center_distances(
-        features, labels, centers, w, class_axis='classes'))  # This replica's.
+    ce = jnp.sum(all_w * class_sharded.class_sharded_softmax_cross_entropy_loss(
+        logits, all_labels, class_axis='classes', reduction='none'))          # Global batch.
+    center = jnp.sum(class_sharded.class_sharded_center_loss(
+        features, labels, centers, w, class_axis='classes', reduction='none'))  # This replica's.
     return (ce + CENTER_WEIGHT * center) / total_weight, (features, ce, center)
 
   grads, (features, ce, center) = jax.grad(loss_fn, has_aux=True)(params)
@@ -366,7 +366,7 @@ def reference_train_step(params, centers, x, labels, weights):
     features = x @ params['w_feat']
     ce = optax.softmax_cross_entropy_with_integer_labels(
         features @ params['kernel'], jnp.clip(labels, 0, num_classes - 1))
-    center = jnp.sum(loss_lib.center_distances(features, labels, centers, w))
+    center = jnp.sum(loss_lib.center_loss(features, labels, centers, w, reduction='none'))
     return (jnp.sum(w * ce) + CENTER_WEIGHT * center) / total_weight, features
 
   (loss, features), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -499,8 +499,8 @@ def _replicated_kernel_gradient_step(params, centers, x, labels, weights):
   def loss_fn(params):
     logits = class_sharded.class_sharded_logits(x @ params['w_feat'], params['kernel'],
                                     class_axis='classes')
-    return jnp.mean(class_sharded.class_sharded_softmax_cross_entropy(
-        logits, labels, class_axis='classes'))
+    return jnp.mean(class_sharded.class_sharded_softmax_cross_entropy_loss(
+        logits, labels, class_axis='classes', reduction='none'))
   loss, grads = jax.value_and_grad(loss_fn)(params)
   grads = jax.lax.psum(grads, 'batch')
   params = jax.tree.map(lambda p, g: p - LR * g, params, grads)
@@ -542,17 +542,17 @@ def test_train_step_with_donated_centers_copies_no_centers_shard():
 
 
 @pytest.mark.parametrize('call, error, pattern', [
-    (lambda: class_sharded.class_sharded_center_distances(
+    (lambda: class_sharded.class_sharded_center_loss(
         jnp.zeros((4, 3)), jnp.zeros((4,), jnp.int32), jnp.zeros((3, 2)),
-        class_axis='classes'), ValueError, r'\(3, 2\)'),
+        class_axis='classes', reduction='none'), ValueError, r'\(3, 2\)'),
     (lambda: class_sharded.class_sharded_update_centers(
         jnp.zeros((3, 3)), jnp.zeros((4, 3)), jnp.zeros((5,), jnp.int32),
         alpha=0.5, class_axis='classes'), ValueError, r'\(5,\)'),
-    (lambda: class_sharded.class_sharded_softmax_cross_entropy(
-        jnp.zeros((4,)), jnp.zeros((4,), jnp.int32), class_axis='classes'),
+    (lambda: class_sharded.class_sharded_softmax_cross_entropy_loss(
+        jnp.zeros((4,)), jnp.zeros((4,), jnp.int32), class_axis='classes', reduction='none'),
      ValueError, r'logits_shard.*\(4,\)'),
-    (lambda: class_sharded.class_sharded_softmax_cross_entropy(
-        jnp.zeros((4, 3)), jnp.zeros((4,)), class_axis='classes'),
+    (lambda: class_sharded.class_sharded_softmax_cross_entropy_loss(
+        jnp.zeros((4, 3)), jnp.zeros((4,)), class_axis='classes', reduction='none'),
      TypeError, r'labels must be integers.*float32'),
     (lambda: class_sharded.class_sharded_argmax_accuracy(
         jnp.zeros((4, 3), jnp.int32), jnp.zeros((4,), jnp.int32),

@@ -88,7 +88,7 @@ def test_softmax_cross_entropy_matches_numpy():
   labels = np.array([0, 4, 2, 2], np.int32)
   log_probs = logits - np.log(np.sum(np.exp(logits), axis=1, keepdims=True))
   expected = -log_probs[np.arange(4), labels]
-  out = losses.softmax_cross_entropy(logits, labels)
+  out = losses.softmax_cross_entropy_loss(logits, labels, reduction='none')
   assert out.dtype == jnp.float32 and out.shape == (4,)
   np.testing.assert_allclose(out, expected, rtol=1e-5)
   weights = np.array([1.0, 0.5, 2.0, 0.0], np.float32)
@@ -103,14 +103,14 @@ def test_softmax_invalid_labels_and_padding_rows_are_zero_without_nan():
   logits[3] = np.nan  # A padding row.
   labels = np.array([0, -1, 3, 2, 1], np.int32)  # -1 and 3 are invalid.
   weights = np.array([1.0, 1.0, 1.0, 0.0, 1.0], np.float32)
-  out = losses.softmax_cross_entropy(logits, labels, weights)
+  out = losses.softmax_cross_entropy_loss(logits, labels, weights, reduction='none')
   np.testing.assert_array_equal(np.asarray(out)[1:4], 0.0)
   np.testing.assert_allclose(
       np.asarray(out)[[0, 4]],
-      losses.softmax_cross_entropy(logits[[0, 4]], labels[[0, 4]]),
+      losses.softmax_cross_entropy_loss(logits[[0, 4]], labels[[0, 4]], reduction='none'),
       rtol=1e-6)
   grad = jax.jit(jax.grad(lambda z: jnp.sum(
-      losses.softmax_cross_entropy(z, labels, weights))))(logits)
+      losses.softmax_cross_entropy_loss(z, labels, weights, reduction='none'))))(logits)
   assert np.all(np.isfinite(grad)), grad
   np.testing.assert_array_equal(np.asarray(grad)[1:4], 0.0)
   # The mean is over the two valid, unpadded rows only.
@@ -239,8 +239,8 @@ def test_margin_gradients_finite_at_cosine_plus_minus_one():
   features = np.array([[1.0, 0.0], [0.0, 0.0]], np.float32)  # Norm 0 too.
   for kind in losses.MARGIN_KINDS:
     def total(c, x, kind=kind):
-      return jnp.sum(losses.softmax_cross_entropy(
-          losses.margin_logits(kind, c, labels, x), labels))
+      return jnp.sum(losses.softmax_cross_entropy_loss(
+          losses.margin_logits(kind, c, labels, x), labels, reduction='none'))
     grads = jax.jit(jax.grad(total, argnums=(0, 1)))(cosine, features)
     for grad in grads:
       assert np.all(np.isfinite(grad)), (kind, grads)

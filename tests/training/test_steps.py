@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from centerloss_jax import losses
 from centerloss_jax.metrics import compactness
 from centerloss_jax import training
 from centerloss_jax.training import parallel
@@ -112,6 +113,42 @@ def test_train_step_counts_and_ignores_invalid_labels():
                              rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(metrics_bad['cross_entropy'],
                              metrics_clean['cross_entropy'], rtol=1e-6)
+
+
+@pytest.mark.parametrize('rule,normalize', [('ema', False),
+                                             ('paper', True)])
+def test_train_step_applies_the_configured_center_variant(rule, normalize):
+  # One step from nonzero centers: the step's centers are the variant's
+  # update of the features it computed, and its diagnostics their values.
+  state = _mlp_state().replace(centers=jnp.asarray(
+      np.random.default_rng(3).normal(size=(4, 2)), jnp.float32))
+  batch = _batches(1)[0]
+  objective = training.Objective(center_loss_weight=0.1, center_alpha=0.5,
+                                 center_rule=rule, center_normalize=normalize)
+  new_state, metrics = jax.jit(functools.partial(
+      training.steps.train_step, objective=objective))(state, batch)
+  features, _ = state.apply_fn({'params': state.params}, batch['image'])
+  expected = losses.update_centers(
+      state.centers, features, batch['label'], alpha=0.5,
+      weights=batch['weight'], rule=rule, normalize=normalize)
+  np.testing.assert_allclose(new_state.centers, expected, rtol=1e-5,
+                             atol=1e-6)
+  summary = training.trainer.summarize(metrics)
+  diagnostics = losses.center_diagnostics(
+      features, batch['label'], state.centers, expected, batch['weight'])
+  for name in losses.DIAGNOSTICS:
+    np.testing.assert_allclose(summary[name], diagnostics[name], rtol=1e-5,
+                               err_msg=name)
+  np.testing.assert_allclose(
+      summary['center_loss'],
+      losses.center_loss(features, batch['label'], state.centers,
+                         batch['weight'], normalize=normalize), rtol=1e-5)
+
+
+def test_unknown_center_rule_is_rejected_when_the_objective_is_built():
+  with pytest.raises(ValueError, match=r"rule .*got 'adam'"):
+    training.Objective(center_loss_weight=0.1, center_alpha=0.5,
+                       center_rule='adam')
 
 
 def _clustered_data(n, seed):

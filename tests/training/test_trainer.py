@@ -42,6 +42,13 @@ def test_run_writes_metrics_plot_and_checkpoints(finished_run):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     records = [json.loads(line) for line in f]
   assert any('train/cross_entropy' in r for r in records)
+  # The centers' diagnostics are logged with the training metrics: they
+  # move (from zero) and the features sit at a finite distance from them.
+  train_records = [r for r in records if 'train/center_movement' in r]
+  assert train_records
+  for key in ('center_movement', 'center_norm', 'feature_center_distance'):
+    assert all(np.isfinite(r[f'train/{key}']) for r in train_records), key
+  assert train_records[0]['train/center_movement'] > 0
   test_records = [r for r in records if 'test/accuracy' in r]
   assert [r['step'] for r in test_records] == [8, 16]
   assert test_records[-1]['test/accuracy'] == pytest.approx(
