@@ -63,11 +63,17 @@ def test_accumulated_statistics_equal_one_big_batch_bit_for_bit():
   np.testing.assert_array_equal(stats.counts, np.zeros(NUM_CLASSES))
 
 
-def test_accumulation_of_float_features_matches_up_to_rounding():
-  rng = np.random.default_rng(2)
-  features = rng.normal(size=(40, DIM)).astype(np.float32)
-  labels = rng.integers(0, NUM_CLASSES, 40).astype(np.int32)
+def _float_batch(seed, batch):
+  """Gaussian features and centers: sums round differently in any order."""
+  rng = np.random.default_rng(seed)
+  features = rng.normal(size=(batch, DIM)).astype(np.float32)
+  labels = rng.integers(0, NUM_CLASSES, batch).astype(np.int32)
   centers = jnp.asarray(rng.normal(size=(NUM_CLASSES, DIM)), jnp.float32)
+  return features, labels, centers
+
+
+def test_accumulation_of_float_features_matches_up_to_rounding():
+  features, labels, centers = _float_batch(2, batch=40)
   for rule in cl.losses.UPDATE_RULES:
     stats = cl.CenterStatistics.zeros(NUM_CLASSES, DIM)
     for rows in np.split(np.arange(40), MICRO_BATCHES):
@@ -80,10 +86,7 @@ def test_accumulation_of_float_features_matches_up_to_rounding():
 
 
 def test_statistics_of_one_batch_apply_exactly_as_update_centers():
-  rng = np.random.default_rng(3)
-  features = rng.normal(size=(24, DIM)).astype(np.float32)
-  labels = rng.integers(0, NUM_CLASSES, 24).astype(np.int32)
-  centers = jnp.asarray(rng.normal(size=(NUM_CLASSES, DIM)), jnp.float32)
+  features, labels, centers = _float_batch(3, batch=24)
   for rule in cl.losses.UPDATE_RULES:
     for normalize in (False, True):
       options = dict(alpha=0.5, rule=rule, normalize=normalize)
