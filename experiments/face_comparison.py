@@ -33,6 +33,7 @@ overridden as usual (`--config.num_train_steps=...`).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, Sequence
@@ -112,6 +113,12 @@ def results_table(results: dict[str, dict[str, float]],
 
 
 def main(argv: Sequence[str]) -> None:
+  # A preempted or failed run stops the driver before it publishes
+  # anything: the exit code says which (see centerloss_jax/main.py).
+  training.lifecycle.run_main(functools.partial(_compare, argv))
+
+
+def _compare(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   unknown = set(_RUNS.value) - set(RUNS)
@@ -160,4 +167,4 @@ def _final_roc(workdir: str):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=training.lifecycle.parse_flags)

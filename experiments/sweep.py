@@ -21,6 +21,7 @@ Any config field can be overridden as usual, e.g.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Sequence
@@ -109,6 +110,12 @@ def features_figure(path: str, workdirs: Sequence[str],
 
 
 def main(argv: Sequence[str]) -> None:
+  # A preempted or failed run stops the driver before it publishes
+  # anything: the exit code says which (see centerloss_jax/main.py).
+  training.lifecycle.run_main(functools.partial(_sweep, argv))
+
+
+def _sweep(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   reporting.writers.quiet_orbax_logging()
@@ -142,4 +149,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=training.lifecycle.parse_flags)

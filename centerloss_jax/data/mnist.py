@@ -238,7 +238,18 @@ def load_idx_dataset(*, name: str = 'fashion_mnist',
 
   Returns:
     The `Dataset` (train and test splits, no open-set sets).
+
+  Raises:
+    ValueError: a `name` other than 'fashion_mnist' with the default
+      `data_dir` (which holds Fashion-MNIST), among others.
   """
+  if data_dir is None and name != 'fashion_mnist':
+    # The default directory holds Fashion-MNIST: training on it under
+    # another name would be silently mislabelled.
+    raise ValueError(
+        f'input.name={name!r} with the default data_dir, which holds '
+        f'Fashion-MNIST ({DEFAULT_FASHION_MNIST_DIR}): set input.data_dir to '
+        f"the IDX files of {name!r}, or name='fashion_mnist'.")
   return _dataset_from_splits(
       lambda split: load_idx_split(data_dir or DEFAULT_FASHION_MNIST_DIR,
                                    split),

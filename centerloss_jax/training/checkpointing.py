@@ -4,19 +4,30 @@ A checkpoint holds the params, optimizer state, centers (a popular port left
 them out, so they reset on resume), batch statistics, step, RNG, and the
 position in the data (epoch and step within it). Orbax writes each checkpoint
 to a temporary directory and renames it when complete, so a save that is
-killed leaves no half-written step behind; and if the latest step is
-unreadable anyway (a corrupt file), `restore_latest` falls back to the
-previous one with a warning instead of stopping the run.
+killed leaves no half-written step behind.
+
+Integrity. Each checkpoint also stores a fingerprint of every leaf (a
+position-weighted sum of its bits, computed on the devices, so a single
+changed word anywhere changes it). `restore_latest` recomputes it; a step
+that is unreadable or whose fingerprint differs (a flipped byte restores
+without an error otherwise) is moved aside to `<workdir>/checkpoints_corrupt/`
+with a warning, and the previous step is tried. Moving it aside, not just
+skipping it, lets the run save that step afresh when it gets there again.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import time
 from typing import Any, Optional
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+from centerloss_jax.training import lifecycle
 
 PyTree = Any
 
@@ -41,6 +52,37 @@ def _to_savable(state: PyTree) -> PyTree:
   return state.replace(rng=jax.random.key_data(state.rng))
 
 
+@jax.jit
+def _leaf_fingerprints(tree: PyTree) -> list[jax.Array]:
+  """uint32 per leaf: sum of its 32-bit words times odd position weights.
+
+  A changed word changes its term by `d * odd`, never 0 mod 2**32 for
+  d != 0, so any single corrupted word is caught. The weights are products
+  of odd row and column factors, which stay below 2**31 for any size.
+  """
+  def fingerprint(x):
+    x = jnp.asarray(x)
+    if x.dtype == jnp.bool_:
+      x = x.astype(jnp.uint8)
+    # 8-byte leaves (with jax_enable_x64) become pairs of 32-bit words.
+    words = jax.lax.bitcast_convert_type(
+        x, {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[
+            x.dtype.itemsize]).astype(jnp.uint32)
+    words = words.reshape((-1, words.shape[-1]) if words.ndim else (1, 1))
+    rows = 2 * jax.lax.broadcasted_iota(jnp.uint32, words.shape, 0) + 1
+    columns = 2 * jax.lax.broadcasted_iota(jnp.uint32, words.shape, 1) + 1
+    return jnp.sum(words * rows * columns, dtype=jnp.uint32)
+  return [fingerprint(x) for x in jax.tree.leaves(tree)]
+
+
+def fingerprint(state: PyTree) -> dict[str, int]:
+  """`_leaf_fingerprints` of a savable state, by leaf path."""
+  paths = [jax.tree_util.keystr(path)
+           for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+  values = jax.device_get(_leaf_fingerprints(state))
+  return {path: int(value) for path, value in zip(paths, values)}
+
+
 def save(manager: ocp.CheckpointManager, state: PyTree, *, step: int,
          data_position: dict[str, int], force: bool = False) -> bool:
   """Saves `state` (a TrainState, one copy) as `step`; blocks until done.
@@ -61,19 +103,69 @@ def save(manager: ocp.CheckpointManager, state: PyTree, *, step: int,
   """
   if step in manager.all_steps():
     return False
+  savable = _to_savable(state)
   saved = manager.save(
       step,
       args=ocp.args.Composite(
-          state=ocp.args.StandardSave(_to_savable(state)),
-          data_position=ocp.args.JsonSave(dict(data_position))),
+          state=ocp.args.StandardSave(savable),
+          data_position=ocp.args.JsonSave(dict(data_position)),
+          integrity=ocp.args.JsonSave({'fingerprint': fingerprint(savable)})),
       force=force)
   manager.wait_until_finished()
   return saved
 
 
+class CorruptCheckpointError(RuntimeError):
+  """A checkpoint's restored leaves do not match its stored fingerprint."""
+
+
+def _restore_step(manager: ocp.CheckpointManager, step: int,
+                  target: PyTree) -> tuple[PyTree, dict[str, int]]:
+  """One step's (savable) state and data position, verified if it can be."""
+  has_integrity = os.path.isdir(
+      os.path.join(manager.directory, str(step), 'integrity'))
+  items = dict(state=ocp.args.StandardRestore(target),
+               data_position=ocp.args.JsonRestore())
+  if has_integrity:
+    items['integrity'] = ocp.args.JsonRestore()
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  if has_integrity:
+    expected = restored['integrity']['fingerprint']
+    actual = fingerprint(restored['state'])
+    changed = [path for path in actual if expected.get(path) != actual[path]]
+    if changed:
+      raise CorruptCheckpointError(
+          f'{len(changed)} of {len(actual)} leaves differ from their '
+          f'fingerprint at save time, e.g. {changed[0]}')
+  else:
+    logging.warning('Checkpoint at step %d has no fingerprint (saved by an '
+                    'older version); restored unverified.', step)
+  return restored['state'], {
+      k: int(v) for k, v in restored['data_position'].items()}
+
+
+def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
+  """Moves a bad step out of the manager's directory; returns where to."""
+  source = os.path.join(manager.directory, str(step))
+  target_dir = os.path.join(os.path.dirname(str(manager.directory)),
+                            'checkpoints_corrupt')
+  target = os.path.join(target_dir, f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+  if jax.process_index() == 0:
+    os.makedirs(target_dir, exist_ok=True)
+    shutil.move(source, target)
+  manager.reload()
+  return target
+
+
 def restore_latest(manager: ocp.CheckpointManager, abstract_state: PyTree
                    ) -> Optional[tuple[PyTree, dict[str, int]]]:
-  """Restores the newest readable checkpoint, or returns None if none exists.
+  """Restores the newest sound checkpoint, or returns None if none exists.
+
+  Steps newer than it that are unreadable or corrupt (see the module
+  docstring) are moved aside to `checkpoints_corrupt/`, with a one-line
+  warning each. When no step at all can be restored, nothing is moved: that
+  is a mismatch of the run (another model, another code version), not
+  corruption, and the checkpoints stay for the run they belong to.
 
   Args:
     manager: from `create_manager`.
@@ -84,30 +176,33 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: PyTree
     `(state, data_position)` or None when the directory has no checkpoint.
 
   Raises:
-    RuntimeError: checkpoints exist but none of them could be read.
+    RuntimeError: checkpoints exist but none of them could be restored,
+      with each step's one-line reason.
   """
   steps = sorted(manager.all_steps(), reverse=True)
   if not steps:
     return None
   target = jax.tree.map(ocp.utils.to_shape_dtype_struct,
                         _to_savable(abstract_state))
-  errors = []
+  unusable = []
   for step in steps:
     try:
-      restored = manager.restore(
-          step, args=ocp.args.Composite(
-              state=ocp.args.StandardRestore(target),
-              data_position=ocp.args.JsonRestore()))
+      state, data_position = _restore_step(manager, step, target)
     except Exception as e:  # pylint: disable=broad-except
-      # Any failure to read (truncated file, missing shard, bad metadata):
-      # an older checkpoint is better than no resume at all.
-      logging.warning('Checkpoint at step %d is unreadable (%s: %s); trying '
-                      'the previous one.', step, type(e).__name__, e)
-      errors.append(f'step {step}: {type(e).__name__}: {e}')
+      # Any failure to read (truncated file, missing shard, bad metadata,
+      # other shapes) or a fingerprint mismatch: an older checkpoint is
+      # better than no resume at all.
+      reason = lifecycle.one_line_reason(e)
+      logging.warning('Checkpoint at step %d is unusable (%s); trying the '
+                      'previous one.', step, reason)
+      unusable.append((step, reason))
       continue
-    state = restored['state']
+    for bad_step, _ in unusable:
+      logging.warning('Moved the unusable checkpoint at step %d to %s.',
+                      bad_step, _move_aside(manager, bad_step))
     state = state.replace(rng=jax.random.wrap_key_data(state.rng))
-    return state, {k: int(v) for k, v in restored['data_position'].items()}
+    return state, data_position
   raise RuntimeError(
-      f'None of the checkpoints in {manager.directory} could be restored:\n' +
-      '\n'.join(errors))
+      f'None of the {len(steps)} checkpoints in {manager.directory} could be '
+      'restored into this run (another model or config?): ' + '; '.join(
+          f'step {step}: {reason}' for step, reason in unusable))

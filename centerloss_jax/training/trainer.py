@@ -10,10 +10,10 @@ plots; a rerun with the same workdir resumes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
-import signal
 import time
 from typing import Any
 
@@ -31,8 +31,10 @@ from centerloss_jax import reporting
 from centerloss_jax.training import checkpointing
 from centerloss_jax.training.class_sharded_steps import ShardedClasses
 from centerloss_jax.training import features as features_lib
+from centerloss_jax.training import lifecycle
 from centerloss_jax.training.objectives import Objective
 from centerloss_jax.training import parallel
+from centerloss_jax.training import run_config
 from centerloss_jax.training import state as state_lib
 from centerloss_jax.training import steps
 
@@ -41,6 +43,10 @@ Metrics = steps.Metrics
 # Fields of `config.input` the trainer applies itself (augmentation); the
 # others are the keyword arguments of the source's loader.
 AUGMENTATION_FIELDS = ('crop_padding', 'flip')
+
+# How long closing the checkpoint manager or the writers may take on the way
+# out; after a failed write their threads can block forever.
+CLOSE_SECONDS = 10.0
 
 
 class NonFiniteLossError(RuntimeError):
@@ -156,29 +162,41 @@ def evaluate_split(eval_fn, dp: parallel.DataParallel, state,
           'centers': centers}
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       allow_config_change: bool = False
+                       ) -> dict[str, float]:
   """Trains `config`'s objective, evaluating, checkpointing, plotting.
 
   Resumes from the latest checkpoint in `workdir/checkpoints` if there is one.
-  Writes `metrics.jsonl`, TensorBoard event files, for 2-D features
-  `features_step_<N>.png`, and for face datasets with verification pairs
-  `roc_step_<N>.png` and `roc.npz` (the latest ROC) into `workdir`. SIGTERM
-  (preemption) saves a checkpoint before returning.
+  Writes `config.json` (the run's config), `metrics.jsonl` (one record per
+  step and split, also across resumes), TensorBoard event files, for 2-D
+  features `features_step_<N>.png`, and for face datasets with verification
+  pairs `roc_step_<N>.png` and `roc.npz` (the latest ROC) into `workdir`.
+
+  The whole config and the workdir are checked before any work; the workdir
+  is locked for the run (a second run on it is refused). SIGTERM or SIGINT
+  (preemption) saves a checkpoint and raises `lifecycle.Preempted`.
 
   Args:
     config: the experiment config (see configs/default.py).
     workdir: directory for checkpoints, metrics and plots.
+    allow_config_change: resume even if the config differs from the stored
+      one in fields that change the run's trajectory.
 
   Returns:
     The final evaluation metrics: the closed-set test split's, and the
     open-set ones named '<set>/<metric>' (e.g. 'lfw/accuracy').
 
   Raises:
+    ValueError: a bad config value (naming it) or workdir, before any work.
+    run_config.ConfigChangedError: resuming under a changed config.
+    lifecycle.WorkdirInUseError: another run holds the workdir.
+    lifecycle.Preempted: stopped by a signal, after saving a checkpoint.
     NonFiniteLossError: the loss became NaN/inf; the last good checkpoint is
       kept and the message names the step.
   """
-  workdir = os.path.abspath(workdir)
+  run_config.check_config(config)
+  workdir = run_config.check_workdir(workdir)
   is_main = jax.process_index() == 0
   dataset = load_dataset(config.input)
   dp = parallel.DataParallel.create(config.parallel,
@@ -207,47 +225,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   state = state_lib.create_train_state(
       config, jax.random.key(config.seed), image_shape=dataset.image_shape,
       num_classes=dataset.num_classes, learning_rate_fn=learning_rate_fn)
-  writer = reporting.writers.create_writer(workdir, is_main_process=is_main)
-  manager = checkpointing.create_manager(workdir,
-                                         max_to_keep=config.keep_checkpoints)
-  restored = checkpointing.restore_latest(manager, state)
-  if restored is not None:
-    state, saved_position = restored
-    logging.info('Resumed from the checkpoint at step %d.', int(state.step))
-  start_step = int(state.step)
-  if (restored is not None
-      and saved_position != _data_position(start_step, steps_per_epoch)):
-    # The data order is a function of the step for a fixed batch size; a
-    # changed batch size (or dataset) resumes from a different position.
-    logging.warning('The checkpoint was at data position %s, this config '
-                    'resumes at %s: batch size or dataset changed?',
-                    saved_position,
-                    _data_position(start_step, steps_per_epoch))
-  if start_step == 0 and is_main:
-    writer.write_hparams(config.to_dict())
-    logging.info('Parameters:\n%s',
-                 parameter_overview.get_parameter_overview(state.params))
 
-  state = dp.put_state(state)
-  train_fn = dp.compile_train_step(train_step_fn)
-  eval_fn = dp.compile_eval_step(eval_step_fn)
-  feature_fn = (compile_feature_step(dp, config)
-                if dataset.verification or dataset.identification else None)
-  augment_fn = data.batching.make_augment_fn(
-      crop_padding=config.input.crop_padding, flip=config.input.flip)
-  evaluate = functools.partial(_evaluate_and_write, eval_fn, feature_fn, dp,
-                               dataset=dataset, config=config, writer=writer,
-                               workdir=workdir)
-  save = functools.partial(_save_checkpoint, manager, dp,
-                           steps_per_epoch=steps_per_epoch)
+  os.makedirs(workdir, exist_ok=True)
+  with contextlib.ExitStack() as run:
+    if is_main:  # One lock per run, however many processes it has.
+      run.enter_context(lifecycle.WorkdirLock(workdir))
+    run_config.store_or_compare(workdir, config,
+                                allow_changes=allow_config_change,
+                                write=is_main)
+    manager = checkpointing.create_manager(
+        workdir, max_to_keep=config.keep_checkpoints)
+    run.callback(lifecycle.close_within, CLOSE_SECONDS, manager.close,
+                 'checkpoint manager')
+    restored = checkpointing.restore_latest(manager, state)
+    if restored is not None:
+      state, saved_position = restored
+      logging.info('Resumed from the checkpoint at step %d.', int(state.step))
+    start_step = int(state.step)
+    if (restored is not None
+        and saved_position != _data_position(start_step, steps_per_epoch)):
+      # The data order is a function of the step for a fixed batch size; a
+      # changed batch size (or dataset) resumes from a different position.
+      logging.warning('The checkpoint was at data position %s, this config '
+                      'resumes at %s: batch size or dataset changed?',
+                      saved_position,
+                      _data_position(start_step, steps_per_epoch))
+    # Records past the restored step are from the lost part of a run.
+    writer = reporting.writers.create_writer(
+        workdir, is_main_process=is_main, resume_step=start_step)
+    run.callback(lifecycle.close_within, CLOSE_SECONDS, writer.close,
+                 'metric writers')
+    if start_step == 0 and is_main:
+      writer.write_hparams(config.to_dict())
+      logging.info('Parameters:\n%s',
+                   parameter_overview.get_parameter_overview(state.params))
 
-  preempted = []
-  previous_handler = signal.signal(
-      signal.SIGTERM, lambda signum, frame: preempted.append(signum))
-  try:
+    state = dp.put_state(state)
+    train_fn = dp.compile_train_step(train_step_fn)
+    eval_fn = dp.compile_eval_step(eval_step_fn)
+    feature_fn = (compile_feature_step(dp, config)
+                  if dataset.verification or dataset.identification else None)
+    augment_fn = data.batching.make_augment_fn(
+        crop_padding=config.input.crop_padding, flip=config.input.flip)
+    evaluate = functools.partial(_evaluate_and_write, eval_fn, feature_fn, dp,
+                                 dataset=dataset, config=config,
+                                 writer=writer, workdir=workdir)
+    save = functools.partial(_save_checkpoint, manager, dp,
+                             steps_per_epoch=steps_per_epoch)
+    signals = run.enter_context(lifecycle.PreemptionSignals())
+
     step, interval, interval_start = start_step, [], time.perf_counter()
     final = None
-    while step < num_steps and not preempted:
+    while step < num_steps and signals.received is None:
       position = _data_position(step, steps_per_epoch)
       batches = data.epoch_batches(
           dataset.train, global_batch_size=config.batch_size,
@@ -271,27 +300,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        summary['steps_per_second'], _format_seconds(
                            (num_steps - step) / summary['steps_per_second']))
           interval, interval_start = [], time.perf_counter()
-        if step % eval_every == 0 or step == num_steps:
-          final = evaluate(state, step)
+        # Save before evaluating: an evaluation that crashes (a corrupt test
+        # image) must not lose the steps since the last checkpoint.
         if step % config.checkpoint_every_steps == 0 or step == num_steps:
           save(state, interval, step=step)
+        if step % eval_every == 0 or step == num_steps:
+          final = evaluate(state, step)
         if not interval:  # Steps/s measures training, not eval or saving.
           interval_start = time.perf_counter()
-        if step >= num_steps or preempted:
+        if step >= num_steps or signals.received is not None:
           break
-    if preempted:
-      logging.warning('SIGTERM received: saving a checkpoint at step %d and '
-                      'stopping; rerun with the same workdir to resume.', step)
+    if signals.received is not None:
       save(state, interval, step=step)
-    elif final is None:  # Resumed after the end: evaluate what was restored.
+      writer.flush()
+      raise lifecycle.Preempted(signals.received, step, workdir)
+    if final is None:  # Resumed after the end: evaluate what was restored.
       final = evaluate(state, step)
-  finally:
-    signal.signal(signal.SIGTERM, previous_handler)
     manager.wait_until_finished()
-    manager.close()
     writer.flush()
-    writer.close()
-  return final['metrics'] if final is not None else {}
+  return final['metrics']
 
 
 def _data_position(step: int, steps_per_epoch: int) -> dict[str, int]:
@@ -353,6 +380,13 @@ def _evaluate_and_write(eval_fn, feature_fn, dp, state, step, *, dataset,
   if dataset.test.num_examples:
     result = evaluate_split(eval_fn, dp, state, dataset.test,
                             batch_size=config.batch_size, seed=config.seed)
+    for key in ('cross_entropy', 'center_loss'):
+      if not np.isfinite(result['metrics'][key]):
+        # Checked before anything is written: no non-finite test record.
+        raise NonFiniteLossError(
+            f'Non-finite test {key} ({result["metrics"][key]}) at step '
+            f'{step}. Training stopped; the checkpoints in the workdir are '
+            'from before it.')
     writer.write_scalars(step, {f'test/{k}': v
                                 for k, v in result['metrics'].items()})
   if feature_fn is not None:

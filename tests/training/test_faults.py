@@ -1,0 +1,377 @@
+"""Fault injection: the run as a cluster scheduler and a busy lab meet it.
+
+Each case starts its own `python -m centerloss_jax.main` processes on the
+tiny runlocal config (a checkpoint every 4 steps), injects one fault, and
+checks what an operator sees: the exit code, the last line of stderr, how
+long it took, and what is left in the workdir. Every process runs under a
+hard timeout and is killed at the end of its test; the long-lived ones
+share runs (one run is preempted, then refused, then resumed).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import config_util
+import repo_paths
+from centerloss_jax import training
+from centerloss_jax.training import checkpointing
+from centerloss_jax.training import run_config
+
+TIMEOUT = 120  # Seconds any one process may take, hang or not.
+
+
+def _command(data_dir, workdir, *flags):
+  return [sys.executable, '-m', 'centerloss_jax.main',
+          '--config=configs/default.py:runlocal',
+          f'--config.input.data_dir={data_dir}',
+          '--config.checkpoint_every_steps=4', f'--workdir={workdir}',
+          *flags]
+
+
+def _env():
+  return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
+
+
+def _run(command):
+  """Runs to the end (or TIMEOUT); returns (returncode, stderr, seconds)."""
+  start = time.monotonic()
+  result = subprocess.run(command, cwd=repo_paths.REPO_ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=TIMEOUT)
+  return result.returncode, result.stderr, time.monotonic() - start
+
+
+def _last_line(text):
+  lines = [line for line in text.strip().splitlines() if line.strip()]
+  return lines[-1] if lines else ''
+
+
+class _LongRun:
+  """A run of many steps in the background, killed on exit whatever happens."""
+
+  def __init__(self, data_dir, workdir):
+    self.workdir = workdir
+    self.process = subprocess.Popen(
+        _command(data_dir, workdir, '--config.num_train_steps=100000'),
+        cwd=repo_paths.REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+
+  def wait_for_checkpoint(self, step=8):
+    deadline = time.monotonic() + TIMEOUT
+    while not os.path.isdir(os.path.join(self.workdir, 'checkpoints',
+                                         str(step))):
+      assert self.process.poll() is None, self.process.stderr.read()
+      assert time.monotonic() < deadline, 'no checkpoint in time'
+      time.sleep(0.2)
+
+  def stop(self, signum):
+    self.process.send_signal(signum)
+    _, stderr = self.process.communicate(timeout=TIMEOUT)
+    return self.process.returncode, stderr
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc_info):
+    if self.process.poll() is None:
+      self.process.kill()
+      self.process.wait()
+
+
+def _checkpoint_steps(workdir):
+  return sorted(int(name) for name in os.listdir(
+      os.path.join(workdir, 'checkpoints')) if name.isdigit())
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+# --- preemption, the workdir lock, resume ---------------------------------
+
+
+def test_preempted_run_exits_143_is_locked_while_alive_and_resumes(
+    tiny_idx_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  with _LongRun(tiny_idx_dir, workdir) as run:
+    run.wait_for_checkpoint()
+    # A second run on the live workdir is refused, and quickly.
+    code, stderr, _ = _run(_command(tiny_idx_dir, workdir))
+    assert code == 1
+    assert 'WorkdirInUseError' in _last_line(stderr)
+    assert f'pid {run.process.pid}' in _last_line(stderr)
+    code, stderr = run.stop(signal.SIGTERM)
+  assert code == 143, stderr[-2000:]
+  assert 'preempted at step' in _last_line(stderr)
+  preempted_at = int(_last_line(stderr).split('preempted at step ')[1]
+                     .split()[0])
+  assert preempted_at in _checkpoint_steps(workdir)
+
+  # The rerun resumes from the preemption's checkpoint and finishes; its
+  # shorter run is a trajectory change, allowed explicitly.
+  resume = _command(tiny_idx_dir, workdir,
+                    f'--config.num_train_steps={preempted_at + 8}',
+                    '--allow_config_change')
+  code, stderr, _ = _run(resume)
+  assert code == 0, stderr[-2000:]
+  assert _checkpoint_steps(workdir)[-1] == preempted_at + 8
+  records = _records(workdir)
+  per_record = [(r['step'], sorted({k.split('/')[0] for k in r
+                                    if k != 'step'})) for r in records]
+  flat = [(step, split) for step, splits in per_record for split in splits]
+  assert len(flat) == len(set(flat)), per_record
+  # A rerun of the finished run adds no record.
+  code, _, _ = _run(resume)
+  assert code == 0
+  assert _records(workdir) == records
+
+
+def test_sigint_saves_like_sigterm_and_a_killed_run_leaves_no_stuck_lock(
+    tiny_idx_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  with _LongRun(tiny_idx_dir, workdir) as run:
+    run.wait_for_checkpoint()
+    code, stderr = run.stop(signal.SIGINT)
+  assert code == 130, stderr[-2000:]
+  assert 'SIGINT received: preempted at step' in _last_line(stderr)
+
+  with _LongRun(tiny_idx_dir, workdir) as run:
+    run.wait_for_checkpoint(step=max(_checkpoint_steps(workdir)) + 4)
+    code, _ = run.stop(signal.SIGKILL)
+  assert code == -signal.SIGKILL
+  # The kernel dropped the dead run's lock: the next run gets past it, and
+  # is stopped by the next guard, the changed config.
+  code, stderr, seconds = _run(_command(tiny_idx_dir, workdir,
+                                        '--config.center_loss.weight=0.1'))
+  assert code == 1
+  assert 'ConfigChangedError' in _last_line(stderr)
+  assert 'center_loss.weight: 0.01 -> 0.1' in _last_line(stderr)
+  assert seconds < 60
+
+
+# --- failed writes end the process, fast ----------------------------------
+
+
+def _with_file_size_limit(command, limit_bytes):
+  """`command` (python -m ...) with writes past `limit_bytes` failing.
+
+  A full disk, as the process sees it: such writes fail with EFBIG instead
+  of killing the process with SIGXFSZ. Set in the child itself, not by a
+  `preexec_fn` (a fork of this multithreaded JAX process could deadlock).
+  """
+  python, _, module, *args = command
+  setup = ('import resource, runpy, signal, sys; '
+           'signal.signal(signal.SIGXFSZ, signal.SIG_IGN); '
+           f'resource.setrlimit(resource.RLIMIT_FSIZE, ({limit_bytes}, '
+           f'{limit_bytes})); sys.argv = [{module!r}] + sys.argv[1:]; '
+           f'runpy.run_module({module!r}, run_name="__main__")')
+  return [python, '-c', setup, *args]
+
+
+def test_disk_full_while_running_exits_nonzero_within_seconds(
+    tiny_idx_dir, tmp_path):
+  workdir = str(tmp_path / 'run')
+  code, stderr, seconds = _run(
+      _with_file_size_limit(_command(tiny_idx_dir, workdir), 20_000))
+  assert code == 1, stderr[-2000:]
+  assert _last_line(stderr).startswith('error: '), stderr[-2000:]
+  # The first write past the limit: a checkpoint's (TensorStore names the
+  # file it failed writing) or a log's (the OS's "File too large").
+  assert ('Failed writing' in _last_line(stderr)
+          or 'File too large' in _last_line(stderr)), _last_line(stderr)
+  assert seconds < 60
+
+
+def test_checkpoints_that_is_a_file_fails_before_any_work(tiny_idx_dir,
+                                                          tmp_path):
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'checkpoints').write_text('not a directory')
+  config = config_util.runlocal_config(tiny_idx_dir)
+  with pytest.raises(NotADirectoryError, match='checkpoints exists and is '
+                     'not a directory'):
+    training.train_and_evaluate(config, str(workdir))
+  assert sorted(os.listdir(workdir)) == ['checkpoints']
+
+
+def test_a_crashing_evaluation_keeps_the_steps_checkpoint(
+    tiny_idx_dir, tmp_path, monkeypatch):
+  def crash(*args, **kwargs):
+    del args, kwargs
+    raise OSError('a corrupt test image')
+
+  monkeypatch.setattr(training.trainer, '_evaluate_and_write', crash)
+  config = config_util.runlocal_config(tiny_idx_dir, checkpoint_every_steps=4)
+  with pytest.raises(OSError, match='corrupt test image'):
+    training.train_and_evaluate(config, str(tmp_path))
+  # The first evaluation is at the end of epoch 1, step 8: saved before.
+  assert _checkpoint_steps(str(tmp_path)) == [4, 8]
+
+
+# --- bad values, before anything is created --------------------------------
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('center_loss.alpha', -0.5, r'alpha .*\[0, 1\].*-0.5'),
+    ('center_loss.alpha', 1.5, r'alpha .*\[0, 1\].*1.5'),
+    ('center_loss.weight', -0.01, r'center_loss.weight must be .*-0.01'),
+    ('learning_rate', -0.01, r'learning_rate must be .* > 0.*-0.01'),
+    ('num_epochs', 0.0, r'num_epochs must be > 0'),
+    ('num_epochs', -1.0, r'num_epochs must be > 0.*-1'),
+    ('checkpoint_every_steps', 0, r'checkpoint_every_steps must be an '
+     r'integer >= 1, got 0'),
+    ('log_every_steps', 0, r'log_every_steps must be an integer >= 1'),
+])
+def test_bad_values_are_refused_before_the_workdir_is_touched(
+    tiny_idx_dir, tmp_path, field, value, message):
+  config = config_util.runlocal_config(tiny_idx_dir, **{field: value})
+  workdir = tmp_path / 'run'
+  with pytest.raises(ValueError, match=message):
+    training.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()
+
+
+def test_empty_workdir_and_a_name_that_is_not_the_data_are_refused(
+    tiny_idx_dir, tmp_path):
+  config = config_util.runlocal_config(tiny_idx_dir)
+  with pytest.raises(ValueError, match='empty path'):
+    training.train_and_evaluate(config, '')
+  config = config_util.runlocal_config(None, **{'input.name': 'cifar10'})
+  with pytest.raises(ValueError, match=r"'cifar10'.*data_dir"):
+    training.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
+def test_an_unknown_config_field_is_named(tiny_idx_dir, tmp_path):
+  code, stderr, _ = _run(_command(tiny_idx_dir, str(tmp_path / 'run'),
+                                  '--config.lamda=0.1'))
+  assert code == 1
+  assert "unknown config field 'lamda'" in stderr
+  assert not (tmp_path / 'run').exists()
+
+
+def test_config_comparison_names_trajectory_fields_only():
+  stored = {'learning_rate': 0.01, 'log_every_steps': 50,
+            'model': {'name': 'lenet_pp'}, 'evaluation': {'pca_dim': None}}
+  current = {'learning_rate': 0.1, 'log_every_steps': 5,
+             'model': {'name': 'face_resnet'}, 'evaluation': {'pca_dim': 64}}
+  assert run_config.config_changes(stored, current) == [
+      "learning_rate: 0.01 -> 0.1", "model.name: 'lenet_pp' -> 'face_resnet'"]
+
+
+# --- checkpoints: corrupt ones are detected, moved aside and replaced ------
+
+
+def _tiny_state(value):
+  return training.TrainState.create(
+      apply_fn=None, params={'w': jnp.full((4, 3), value)},
+      tx=optax.sgd(0.1), centers=jnp.full((5, 2), value),
+      batch_stats={}, rng=jax.random.key(0))
+
+
+def _saved_steps(tmp_path):
+  manager = checkpointing.create_manager(str(tmp_path), max_to_keep=3)
+  for step in (4, 8):
+    checkpointing.save(manager, _tiny_state(float(step)), step=step,
+                       data_position={'epoch': 0, 'step_in_epoch': step})
+  return manager
+
+
+def test_a_checkpoint_whose_data_changed_is_caught_by_its_fingerprint(
+    tmp_path):
+  manager = _saved_steps(tmp_path)
+  # Tamper with the stored fingerprint of one leaf: exactly what a silent
+  # change of that leaf's data looks like to the check.
+  path = os.path.join(manager.directory, '8', 'integrity', 'metadata')
+  with open(path) as f:
+    stored = json.load(f)
+  key = next(k for k in stored['fingerprint'] if 'centers' in k)
+  stored['fingerprint'][key] ^= 1
+  with open(path, 'w') as f:
+    json.dump(stored, f)
+  state, position = checkpointing.restore_latest(manager, _tiny_state(0.0))
+  assert position['step_in_epoch'] == 4
+  np.testing.assert_array_equal(state.centers, 4.0)
+  assert os.listdir(tmp_path / 'checkpoints_corrupt')[0].startswith('8-')
+  # The step can be saved again when training reaches it.
+  assert checkpointing.save(manager, _tiny_state(8.0), step=8,
+                            data_position={'epoch': 0, 'step_in_epoch': 8})
+  assert checkpointing.restore_latest(manager, _tiny_state(0.0))[1] == {
+      'epoch': 0, 'step_in_epoch': 8}
+
+
+def test_fingerprint_changes_with_any_single_word():
+  state = {'a': jnp.arange(12, dtype=jnp.float32).reshape(3, 4),
+           'b': jnp.ones((5,), jnp.bfloat16), 'c': jnp.array(7, jnp.int32)}
+  reference = checkpointing.fingerprint(state)
+  for name, flipped in (
+      ('a', state['a'].at[2, 3].set(jnp.float32(-11.0))),
+      ('a', jax.lax.bitcast_convert_type(
+          jax.lax.bitcast_convert_type(state['a'], jnp.uint32).at[0, 0].add(
+              2**31), jnp.float32)),
+      ('b', state['b'].at[4].set(2.0)), ('c', jnp.array(8, jnp.int32))):
+    changed = checkpointing.fingerprint({**state, name: flipped})
+    assert changed[f"['{name}']"] != reference[f"['{name}']"], name
+
+
+# --- the exit path ----------------------------------------------------------
+
+
+def test_run_main_exit_codes():
+  script = (
+      'import signal, sys\n'
+      'from centerloss_jax.training import lifecycle\n'
+      'kind = sys.argv[1]\n'
+      'def body():\n'
+      '  if kind == "preempted":\n'
+      '    raise lifecycle.Preempted(signal.SIGTERM, 12, "/w")\n'
+      '  raise OSError(28, "No space left on device")\n'
+      'lifecycle.run_main(body)\n')
+  for kind, code, line in (
+      ('preempted', 143, 'preempted at step 12'),
+      ('failed', 1, 'error: OSError: [Errno 28] No space left on device')):
+    result = subprocess.run([sys.executable, '-c', script, kind],
+                            cwd=repo_paths.REPO_ROOT, env=_env(),
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == code
+    assert line in _last_line(result.stderr)
+
+
+def test_a_driver_stops_at_a_preempted_run_and_publishes_nothing(
+    tiny_idx_dir, tmp_path):
+  root = tmp_path / 'sweep'
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'experiments.sweep',
+       '--config=configs/default.py:runlocal',
+       f'--config.input.data_dir={tiny_idx_dir}',
+       '--config.num_train_steps=100000', '--config.checkpoint_every_steps=4',
+       f'--workdir={root}', '--lambdas=0,0.1', '--alphas=0.5',
+       '--alpha_sweep_lambda=0.1'],
+      cwd=repo_paths.REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.monotonic() + TIMEOUT
+    while not (root / 'lambda_0_alpha_0.5' / 'checkpoints' / '4').is_dir():
+      assert process.poll() is None, process.stderr.read()
+      assert time.monotonic() < deadline, 'no checkpoint in time'
+      time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=TIMEOUT)
+  finally:
+    if process.poll() is None:
+      process.kill()
+      process.wait()
+  assert process.returncode == 143, stderr[-2000:]
+  assert 'preempted at step' in _last_line(stderr)
+  # The second run never started; no table, JSON or figure.
+  assert sorted(os.listdir(root)) == ['lambda_0_alpha_0.5']
