@@ -210,14 +210,27 @@ def align_face(image: np.ndarray, landmarks: np.ndarray,
     uint8 aligned crop (H_out, W_out, C).
 
   Raises:
-    ValueError: landmarks that are not (5, 2) finite values, or the errors
-      of `similarity_transform` and `warp_affine`.
+    ValueError: landmarks that are not (5, 2) finite values, one more than
+      half the image beyond its border, or the errors of
+      `similarity_transform` and `warp_affine`.
   """
   landmarks = np.asarray(landmarks, dtype=np.float64)
   template = np.asarray(template, dtype=np.float64)
   if landmarks.shape != template.shape:
     raise ValueError(f'landmarks must have shape {template.shape} (one (x, y) '
                      f'per template point), got {landmarks.shape}.')
+  height, width = np.shape(image)[:2]
+  # A face may be cut by the border, but a landmark more than half the image
+  # beyond it is in another coordinate system (another image's, or (y, x)).
+  far = ((landmarks[:, 0] < -0.5 * width) | (landmarks[:, 0] > 1.5 * width)
+         | (landmarks[:, 1] < -0.5 * height)
+         | (landmarks[:, 1] > 1.5 * height))
+  if far.any():
+    point = int(np.argmax(far))
+    raise ValueError(
+        f'landmark {point} at (x, y) = {landmarks[point].tolist()} lies far '
+        f'outside the {width}x{height} image (more than half its size beyond '
+        'the border): landmarks of another image, or (y, x) order?')
   target = scale_template(output_shape, template, template_shape)
   matrix = similarity_transform(landmarks, target)
   return warp_affine(image, matrix, output_shape)

@@ -141,8 +141,11 @@ class ImageFiles:
           f'{error}') from error
     if self.landmarks is not None:
       pixels = np.asarray(picture)
-      aligned = alignment.align_face(pixels, self.landmarks[index],
-                                     output_shape=(height, width))
+      try:
+        aligned = alignment.align_face(pixels, self.landmarks[index],
+                                       output_shape=(height, width))
+      except ValueError as error:
+        raise ValueError(f'Cannot align image file {path}: {error}') from error
       return aligned.reshape(height, width, channels)
     source_width, source_height = picture.size
     if (source_width, source_height) != (width, height):

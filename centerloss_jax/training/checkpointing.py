@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
@@ -153,6 +154,9 @@ def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
   if jax.process_index() == 0:
     os.makedirs(target_dir, exist_ok=True)
     shutil.move(source, target)
+  if jax.process_count() > 1:
+    # Every process must see the move before it lists the steps again.
+    multihost_utils.sync_global_devices(f'checkpoint {step} moved aside')
   manager.reload()
   return target
 

@@ -63,6 +63,10 @@ def load_dataset(input_config: ml_collections.ConfigDict) -> data.Dataset:
   kwargs = input_config.to_dict()
   for field in AUGMENTATION_FIELDS:
     kwargs.pop(field, None)
+  # `--config.input.pairs_file=None` gives a string field the string 'None';
+  # no data path is called that, so it means None, as the user meant.
+  kwargs = {key: None if value == 'None' else value
+            for key, value in kwargs.items()}
   source = kwargs.pop('source')
   unknown = data.registry.unknown_arguments(source, kwargs)
   if unknown:

@@ -194,6 +194,25 @@ def test_image_files_aligns_with_landmarks(tmp_path):
     image_files.ImageFiles(['a.png'], landmarks=np.zeros((2, 5, 2)))
 
 
+def test_bad_landmarks_name_the_image_and_far_ones_are_refused(tmp_path):
+  write_png(str(tmp_path / 'face.png'), np.zeros((100, 80, 3), np.uint8))
+  path = str(tmp_path / 'face.png')
+  degenerate = np.full((1, 5, 2), 40.0)            # Five coinciding points.
+  with pytest.raises(ValueError, match=f'Cannot align image file {path}: '
+                     'Source points all coincide'):
+    image_files.ImageFiles([path], (56, 48, 3), landmarks=degenerate)[0]
+  far = alignment.TEMPLATE_112x96.copy()[None]
+  far[0, 2] = (30.0, 400.0)                        # y far below 100 rows.
+  with pytest.raises(ValueError, match=rf'{path}: landmark 2 at .*400.0.* '
+                     r'far outside the 80x100 image'):
+    image_files.ImageFiles([path], (56, 48, 3), landmarks=far)[0]
+  # Slightly outside (a face cut by the border) is still aligned.
+  near = alignment.TEMPLATE_112x96.copy()[None]
+  near[0, 0] = (-5.0, 40.0)
+  assert image_files.ImageFiles([path], (56, 48, 3),
+                                landmarks=near)[0].shape == (56, 48, 3)
+
+
 # ---------------------------------------------------------------------------
 # Identity folders, landmarks, pairs.
 # ---------------------------------------------------------------------------

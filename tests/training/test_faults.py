@@ -10,9 +10,11 @@ share runs (one run is preempted, then refused, then resumed).
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -192,6 +194,40 @@ def test_disk_full_while_running_exits_nonzero_within_seconds(
   assert seconds < 60
 
 
+def test_read_only_checkpoints_fail_in_seconds(tiny_idx_dir):
+  # Permissions bind only a non-root process: as root (CI), the run is
+  # started as `nobody`, in a folder of /tmp that user can enter (pytest's
+  # own temporary folders are private to root).
+  prefix = []
+  if os.geteuid() == 0:
+    if not os.path.exists('/usr/bin/setpriv'):
+      pytest.skip('running as root without setpriv to drop privileges')
+    prefix = ['/usr/bin/setpriv', '--reuid=nobody', '--regid=nogroup',
+              '--clear-groups']
+  base = tempfile.mkdtemp(prefix='centerloss_read_only_')
+  try:
+    os.chmod(base, 0o777)
+    data_dir = os.path.join(base, 'data')
+    shutil.copytree(tiny_idx_dir, data_dir)
+    os.chmod(data_dir, 0o755)
+    workdir = os.path.join(base, 'run')
+    os.makedirs(os.path.join(workdir, 'checkpoints'))
+    os.chmod(workdir, 0o777)
+    os.chmod(os.path.join(workdir, 'checkpoints'), 0o555)
+    env = dict(_env(), HOME=base, MPLCONFIGDIR=base,
+               PYTHONDONTWRITEBYTECODE='1')
+    start = time.monotonic()
+    result = subprocess.run(prefix + _command(data_dir, workdir),
+                            cwd=repo_paths.REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    seconds = time.monotonic() - start
+  finally:
+    shutil.rmtree(base, ignore_errors=True)
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert 'PermissionError: Cannot write into' in _last_line(result.stderr)
+  assert seconds < 60
+
+
 def test_checkpoints_that_is_a_file_fails_before_any_work(tiny_idx_dir,
                                                           tmp_path):
   workdir = tmp_path / 'run'
@@ -216,6 +252,22 @@ def test_a_crashing_evaluation_keeps_the_steps_checkpoint(
     training.train_and_evaluate(config, str(tmp_path))
   # The first evaluation is at the end of epoch 1, step 8: saved before.
   assert _checkpoint_steps(str(tmp_path)) == [4, 8]
+
+
+def test_a_non_finite_test_loss_stops_before_its_record_is_written(
+    tiny_idx_dir, tmp_path, monkeypatch):
+  def nan_metrics(*args, **kwargs):
+    del args, kwargs
+    return {'metrics': {'cross_entropy': float('nan'), 'center_loss': 0.0}}
+
+  monkeypatch.setattr(training.trainer, 'evaluate_split', nan_metrics)
+  config = config_util.runlocal_config(tiny_idx_dir)
+  with pytest.raises(training.trainer.NonFiniteLossError,
+                     match='Non-finite test cross_entropy .* at step 8'):
+    training.train_and_evaluate(config, str(tmp_path))
+  assert not [r for r in _records(str(tmp_path))
+              if any(key.startswith('test/') for key in r)]
+  assert 8 in _checkpoint_steps(str(tmp_path))   # Saved before evaluating.
 
 
 # --- bad values, before anything is created --------------------------------
@@ -258,6 +310,16 @@ def test_an_unknown_config_field_is_named(tiny_idx_dir, tmp_path):
   assert code == 1
   assert "unknown config field 'lamda'" in stderr
   assert not (tmp_path / 'run').exists()
+
+
+def test_the_string_none_from_the_command_line_means_none(monkeypatch):
+  # `--config.input.data_dir=None` sets a string field to 'None'.
+  seen = {}
+  monkeypatch.setattr(training.trainer.data, 'load_dataset',
+                      lambda source, **kwargs: seen.update(kwargs))
+  config = config_util.runlocal_config('None')
+  training.trainer.load_dataset(config.input)
+  assert seen['data_dir'] is None
 
 
 def test_config_comparison_names_trajectory_fields_only():
@@ -308,6 +370,18 @@ def test_a_checkpoint_whose_data_changed_is_caught_by_its_fingerprint(
                             data_position={'epoch': 0, 'step_in_epoch': 8})
   assert checkpointing.restore_latest(manager, _tiny_state(0.0))[1] == {
       'epoch': 0, 'step_in_epoch': 8}
+
+
+def test_checkpoints_of_another_model_are_refused_briefly_and_kept(
+    tmp_path):
+  manager = _saved_steps(tmp_path)
+  other_model = _tiny_state(0.0).replace(centers=jnp.zeros((7, 2)))
+  with pytest.raises(RuntimeError, match='another model or config') as error:
+    checkpointing.restore_latest(manager, other_model)
+  # One short line per step, not TensorStore's spec dumps.
+  assert '\n' not in str(error.value) and len(str(error.value)) < 1000
+  assert sorted(manager.all_steps()) == [4, 8]
+  assert not (tmp_path / 'checkpoints_corrupt').exists()
 
 
 def test_fingerprint_changes_with_any_single_word():
