@@ -204,6 +204,12 @@ def test_read_only_checkpoints_fail_in_seconds(tiny_idx_dir):
       pytest.skip('running as root without setpriv to drop privileges')
     prefix = ['/usr/bin/setpriv', '--reuid=nobody', '--regid=nogroup',
               '--clear-groups']
+    probe = subprocess.run(prefix + [sys.executable, '-c',
+                                     'import centerloss_jax.training'],
+                           cwd=repo_paths.REPO_ROOT, env=_env(),
+                           capture_output=True, timeout=TIMEOUT)
+    if probe.returncode:
+      pytest.skip('nobody cannot read this checkout or its Python')
   base = tempfile.mkdtemp(prefix='centerloss_read_only_')
   try:
     os.chmod(base, 0o777)
