@@ -138,16 +138,20 @@ def _as_json(config: ml_collections.ConfigDict) -> dict:
 
 
 def config_changes(stored: dict, current: dict) -> list[str]:
-  """'field: stored -> current' for each trajectory field that differs."""
+  """'field: stored -> current' for each trajectory field that differs.
+
+  Only fields both configs have are compared: a field added to the configs
+  since the run started (or removed from them) is a change of the code,
+  whose defaults keep the old behaviour, not of the experiment.
+  """
   old, new = _flat(stored), _flat(current)
   changes = []
-  for field in sorted(set(old) | set(new)):
+  for field in sorted(set(old) & set(new)):
     if (field in TRAJECTORY_FREE_FIELDS
         or field.startswith(TRAJECTORY_FREE_GROUPS)):
       continue
-    if old.get(field, '<absent>') != new.get(field, '<absent>'):
-      changes.append(f'{field}: {old.get(field, "<absent>")!r} -> '
-                     f'{new.get(field, "<absent>")!r}')
+    if old[field] != new[field]:
+      changes.append(f'{field}: {old[field]!r} -> {new[field]!r}')
   return changes
 
 

@@ -332,7 +332,8 @@ def test_config_comparison_names_trajectory_fields_only():
   stored = {'learning_rate': 0.01, 'log_every_steps': 50,
             'model': {'name': 'lenet_pp'}, 'evaluation': {'pca_dim': None}}
   current = {'learning_rate': 0.1, 'log_every_steps': 5,
-             'model': {'name': 'face_resnet'}, 'evaluation': {'pca_dim': 64}}
+             'model': {'name': 'face_resnet'}, 'evaluation': {'pca_dim': 64},
+             'center_loss': {'rule': 'paper'}}  # A field added since.
   assert run_config.config_changes(stored, current) == [
       "learning_rate: 0.01 -> 0.1", "model.name: 'lenet_pp' -> 'face_resnet'"]
 
