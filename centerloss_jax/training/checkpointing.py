@@ -61,7 +61,7 @@ def _leaf_fingerprints(tree: PyTree) -> list[jax.Array]:
   d != 0, so any single corrupted word is caught. The weights are products
   of odd row and column factors, which stay below 2**31 for any size.
   """
-  def fingerprint(x):
+  def leaf_fingerprint(x):
     x = jnp.asarray(x)
     if x.dtype == jnp.bool_:
       x = x.astype(jnp.uint8)
@@ -73,7 +73,7 @@ def _leaf_fingerprints(tree: PyTree) -> list[jax.Array]:
     rows = 2 * jax.lax.broadcasted_iota(jnp.uint32, words.shape, 0) + 1
     columns = 2 * jax.lax.broadcasted_iota(jnp.uint32, words.shape, 1) + 1
     return jnp.sum(words * rows * columns, dtype=jnp.uint32)
-  return [fingerprint(x) for x in jax.tree.leaves(tree)]
+  return [leaf_fingerprint(x) for x in jax.tree.leaves(tree)]
 
 
 def fingerprint(state: PyTree) -> dict[str, int]:
