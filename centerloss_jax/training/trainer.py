@@ -362,13 +362,19 @@ def _check_finite_and_summarize(step_metrics: list[Metrics],
   """
   host = parallel.fetch_replicated(step_metrics)
   for offset, sums in enumerate(host):
-    for key in ('cross_entropy', 'center_loss', 'pair_loss'):
-      if key in sums and not np.isfinite(sums[key]):
-        raise NonFiniteLossError(
-            f'Non-finite {key} ({sums[key]}) at step {first_step + offset + 1}. '
-            'Training stopped; the checkpoints in the workdir are from before '
-            'it. Try a smaller center_loss.weight or learning_rate.')
+    _check_finite_losses(sums, step=first_step + offset + 1)
   return summarize(jax.tree.map(lambda *xs: np.sum(xs, axis=0), *host))
+
+
+def _check_finite_losses(values: dict[str, Any], *, step: int,
+                         split: str = '') -> None:
+  """Raises NonFiniteLossError naming the first NaN/inf loss and its step."""
+  for key in ('cross_entropy', 'center_loss', 'pair_loss'):
+    if key in values and not np.isfinite(values[key]):
+      raise NonFiniteLossError(
+          f'Non-finite {split}{key} ({values[key]}) at step {step}. Training '
+          'stopped; the checkpoints in the workdir are from before it. Try a '
+          'smaller center_loss.weight or learning_rate.')
 
 
 @jax.jit
@@ -384,13 +390,8 @@ def _evaluate_and_write(eval_fn, feature_fn, dp, state, step, *, dataset,
   if dataset.test.num_examples:
     result = evaluate_split(eval_fn, dp, state, dataset.test,
                             batch_size=config.batch_size, seed=config.seed)
-    for key in ('cross_entropy', 'center_loss'):
-      if not np.isfinite(result['metrics'][key]):
-        # Checked before anything is written: no non-finite test record.
-        raise NonFiniteLossError(
-            f'Non-finite test {key} ({result["metrics"][key]}) at step '
-            f'{step}. Training stopped; the checkpoints in the workdir are '
-            'from before it.')
+    # Checked before anything is written: no non-finite test record.
+    _check_finite_losses(result['metrics'], step=step, split='test ')
     writer.write_scalars(step, {f'test/{k}': v
                                 for k, v in result['metrics'].items()})
   if feature_fn is not None:

@@ -57,6 +57,15 @@ def _last_line(text):
   return lines[-1] if lines else ''
 
 
+def _wait_for_checkpoint(process, workdir, step):
+  """Waits until `process` has saved `step` in `workdir`; fails if it dies."""
+  deadline = time.monotonic() + TIMEOUT
+  while not os.path.isdir(os.path.join(workdir, 'checkpoints', str(step))):
+    assert process.poll() is None, process.stderr.read()
+    assert time.monotonic() < deadline, 'no checkpoint in time'
+    time.sleep(0.2)
+
+
 class _LongRun:
   """A run of many steps in the background, killed on exit whatever happens."""
 
@@ -68,12 +77,7 @@ class _LongRun:
         stderr=subprocess.PIPE, text=True)
 
   def wait_for_checkpoint(self, step=8):
-    deadline = time.monotonic() + TIMEOUT
-    while not os.path.isdir(os.path.join(self.workdir, 'checkpoints',
-                                         str(step))):
-      assert self.process.poll() is None, self.process.stderr.read()
-      assert time.monotonic() < deadline, 'no checkpoint in time'
-      time.sleep(0.2)
+    _wait_for_checkpoint(self.process, self.workdir, step)
 
   def stop(self, signum):
     self.process.send_signal(signum)
@@ -441,11 +445,7 @@ def test_a_driver_stops_at_a_preempted_run_and_publishes_nothing(
       cwd=repo_paths.REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL,
       stderr=subprocess.PIPE, text=True)
   try:
-    deadline = time.monotonic() + TIMEOUT
-    while not (root / 'lambda_0_alpha_0.5' / 'checkpoints' / '4').is_dir():
-      assert process.poll() is None, process.stderr.read()
-      assert time.monotonic() < deadline, 'no checkpoint in time'
-      time.sleep(0.2)
+    _wait_for_checkpoint(process, str(root / 'lambda_0_alpha_0.5'), 4)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=TIMEOUT)
   finally:
