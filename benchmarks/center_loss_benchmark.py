@@ -291,8 +291,10 @@ def lenet_table() -> None:
   num_classes = config.input.num_classes
   batch_size = _LENET_BATCH.value
   config.batch_size = batch_size
+  steps_per_epoch = 60000 // batch_size
   lr_fn = training.state.create_learning_rate_fn(
-      config, steps_per_epoch=60000 // batch_size)
+      config, steps_per_epoch=steps_per_epoch,
+      total_steps=training.state.total_train_steps(config, steps_per_epoch))
   k_x, k_y = jax.random.split(jax.random.key(_SEED.value + 1))
   batch = {
       'image': jax.random.uniform(k_x, (batch_size, 28, 28, 1), jnp.float32),

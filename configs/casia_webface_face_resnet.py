@@ -33,8 +33,10 @@ bundled):
       --config.input.pairs_file=/data/lfw/pairs.txt \
       --config.input.pairs_landmarks=/data/lfw/landmarks.txt
 
-  then, or on any checkpoint, `python -m centerloss_jax.evaluate` with the
-  same flags (add `--config.evaluation.pca_dim=...` for the paper's PCA).
+  then, or on any checkpoint, `python -m centerloss_jax.evaluate
+  --workdir=runs/casia_face_resnet`: it reads the run's config from the
+  workdir (add `--config.evaluation.pca_dim=...` for the paper's PCA, or
+  `--config.input.pairs_dir=...` for other pairs).
 4. MegaFace-style identification (optional): `--config.input.probe_dir=`
    (probe identities, one folder each, e.g. FaceScrub) and
    `--config.input.distractor_dir=` (distractor images at any depth), each
@@ -68,10 +70,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.input.train_dir = ml_collections.config_dict.placeholder(str)
   config.input.landmarks = ml_collections.config_dict.placeholder(str)
   config.input.image_shape = (112, 96, 3)
-  config.input.num_classes = 10_575
-  # The last image of each identity is the closed-set test split (softmax
-  # accuracy and feature compactness on the training identities).
+  config.input.num_classes = 10_575       # Must match the identity folders.
+  config.input.min_images_per_identity = 1  # Fewer: the identity is dropped.
+  # One image of each identity (a seeded random one: 'random'; or the last by
+  # sorted file name: 'last') is the closed-set test split (softmax accuracy
+  # and feature compactness on the training identities).
   config.input.test_images_per_identity = 1
+  config.input.test_split = 'random'
+  config.input.split_seed = 0
   config.input.pairs_dir = ml_collections.config_dict.placeholder(str)
   config.input.pairs_file = ml_collections.config_dict.placeholder(str)
   config.input.pairs_landmarks = ml_collections.config_dict.placeholder(str)
@@ -92,6 +98,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.name = 'face_resnet'
   config.model.feature_dim = 512
+  # The reference's widths and blocks (27 conv layers); narrow them for small
+  # datasets, e.g. --config.model.stage_channels='(16,32,64,128)'.
+  config.model.stem_channels = (32, 64)
+  config.model.stage_channels = (64, 128, 256, 512)
+  config.model.stage_blocks = (1, 2, 5, 3)
   config.model.dtype = 'bfloat16'
 
   config.center_loss.weight = 0.003

@@ -13,8 +13,7 @@ against 2,000 distractors.
 Launch:
   python -m centerloss_jax.main --config=configs/synthetic_faces.py \
       --workdir=runs/synthetic_faces
-  python -m centerloss_jax.evaluate --config=configs/synthetic_faces.py \
-      --workdir=runs/synthetic_faces
+  python -m centerloss_jax.evaluate --workdir=runs/synthetic_faces
 
 The README's comparison table (softmax, + contrastive, + center, ArcFace):
   python -m experiments.face_comparison --config=configs/synthetic_faces.py \
@@ -53,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.input.images_per_identity = 20
   config.input.test_images_per_identity = 2
   config.input.num_verification_identities = 600
+  config.input.num_folds = 10
   config.input.pairs_per_fold = 600
   config.input.num_probe_identities = 100
   config.input.probe_images_per_identity = 5
@@ -114,5 +114,5 @@ def apply_runlocal(config: ml_collections.ConfigDict) -> None:
   config.num_epochs = 2.0
   config.warmup_epochs = 0.0
   config.log_every_steps = 4
-  config.eval_every_steps = -1
+  config.eval_every_steps = 4            # Each epoch (4 steps) here.
   config.checkpoint_every_steps = 4

@@ -38,6 +38,9 @@ from centerloss_jax.data.types import validate_labels
 
 _NUM_LANDMARK_VALUES = 10  # Five (x, y) points.
 
+# How `load_identity_folders` picks each identity's closed-set test images.
+TEST_SPLITS = ('random', 'last')
+
 
 def scan_identity_folders(
     root: str, *, min_images_per_identity: int = 1,
@@ -351,11 +354,33 @@ def load_pairs_set(root: str, pairs_path: str, *,
                                  name=name)
 
 
+def _held_out_mask(labels: np.ndarray, num_identities: int, held_out: int,
+                   test_split: str, *, seed: int) -> np.ndarray:
+  """Bool (N,): the `held_out` test images of each identity with more.
+
+  Labels are sorted, so each identity's images are one contiguous run.
+  'last' takes the end of each run; 'random' ranks the images of each run
+  by a seeded random key and takes the `held_out` smallest.
+  """
+  counts = np.bincount(labels, minlength=num_identities)
+  starts = np.cumsum(counts) - counts
+  if test_split == 'last':
+    order = np.arange(len(labels))
+  else:
+    keys = np.random.default_rng(seed).random(len(labels))
+    order = np.lexsort((keys, labels))  # By label, then by key.
+  rank = np.empty(len(labels), np.int64)
+  rank[order] = np.arange(len(labels)) - np.repeat(starts, counts)
+  # The last `held_out` ranks of a run: for 'last', its last files.
+  return (counts[labels] > held_out) & (rank >= counts[labels] - held_out)
+
+
 def load_identity_folders(
     *, train_dir: Optional[str] = None, num_classes: int,
     name: str = 'identity_folders', landmarks: Optional[str] = None,
     image_shape: Sequence[int] = DEFAULT_IMAGE_SHAPE,
     min_images_per_identity: int = 1, test_images_per_identity: int = 1,
+    test_split: str = 'random', split_seed: int = 0,
     pairs_dir: Optional[str] = None, pairs_file: Optional[str] = None,
     pairs_landmarks: Optional[str] = None, pairs_name: str = 'lfw',
     probe_dir: Optional[str] = None, distractor_dir: Optional[str] = None,
@@ -377,9 +402,13 @@ def load_identity_folders(
       already aligned (e.g. the released 112x96 CASIA-WebFace crops).
     image_shape: (H, W, C) of the crops.
     min_images_per_identity: drop identities with fewer images.
-    test_images_per_identity: k; the last k images of each identity with
-      more than k images form the closed-set `test` split (the same classes
-      as `train`); 0 for an empty test split.
+    test_images_per_identity: k; k images of each identity with more than
+      k images form the closed-set `test` split (the same classes as
+      `train`); 0 for an empty test split.
+    test_split: which k: 'random' (a seeded random choice per identity),
+      or 'last' (the last k by sorted file name; biased when names encode a
+      condition such as pose, lighting or session).
+    split_seed: the seed of the 'random' choice.
     pairs_dir: the verification images' root (`load_pairs_set`), set
       together with `pairs_file`, an LFW-format pairs file; None for no
       verification set.
@@ -413,6 +442,9 @@ def load_identity_folders(
   if held_out < 0:
     raise ValueError(f'test_images_per_identity must be >= 0, got '
                      f'{held_out}.')
+  if test_split not in TEST_SPLITS:
+    raise ValueError(f'test_split must be one of {TEST_SPLITS}, got '
+                     f'{test_split!r}.')
   paths, labels, names = scan_identity_folders(
       train_dir, min_images_per_identity=int(min_images_per_identity))
   num_classes = int(num_classes)
@@ -424,13 +456,8 @@ def load_identity_folders(
   if landmarks is not None:
     landmarks = _landmarks_for(paths, train_dir, landmarks)
 
-  # Labels are sorted, so each identity's images are one contiguous run;
-  # its last `held_out` images go to test when it has more than that.
-  counts = np.bincount(labels, minlength=len(names))
-  position = np.arange(len(labels)) - np.repeat(
-      np.cumsum(counts) - counts, counts)
-  is_test = (counts[labels] > held_out) & (
-      position >= counts[labels] - held_out)
+  is_test = _held_out_mask(labels, len(names), held_out, test_split,
+                           seed=int(split_seed))
 
   splits = {}
   for split, mask, subset in (('train', ~is_test, train_subset),

@@ -13,16 +13,24 @@ that is unreadable or whose fingerprint differs (a flipped byte restores
 without an error otherwise) is moved aside to `<workdir>/checkpoints_corrupt/`
 with a warning, and the previous step is tried. Moving it aside, not just
 skipping it, lets the run save that step afresh when it gets there again.
+
+Evaluation reads less: `restore_latest_weights` restores only the params,
+centers, batch statistics and step (no optimizer state), verified the same
+way, after checking their shapes against the checkpoint's own metadata, so a
+model that does not fit is named leaf by leaf instead of failing deep in
+TensorStore.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from typing import Any, Optional
 
 from absl import logging
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -120,6 +128,26 @@ class CorruptCheckpointError(RuntimeError):
   """A checkpoint's restored leaves do not match its stored fingerprint."""
 
 
+def _check_fingerprints(expected: dict[str, int],
+                        actual: dict[str, int]) -> None:
+  """Raises CorruptCheckpointError if a restored leaf's fingerprint (of
+  `actual`, which may be a subset of the saved leaves) differs."""
+  changed = [path for path in actual if expected.get(path) != actual[path]]
+  if changed:
+    raise CorruptCheckpointError(
+        f'{len(changed)} of {len(actual)} restored leaves differ from their '
+        f'fingerprint at save time, e.g. {changed[0]}')
+
+
+def _skip_unusable(step: int, error: Exception,
+                   unusable: list[tuple[int, str]]) -> None:
+  """Records and logs a step that cannot be restored."""
+  reason = lifecycle.one_line_reason(error)
+  logging.warning('Checkpoint at step %d is unusable (%s); trying the '
+                  'previous one.', step, reason)
+  unusable.append((step, reason))
+
+
 def _restore_step(manager: ocp.CheckpointManager, step: int,
                   target: PyTree) -> tuple[PyTree, dict[str, int]]:
   """One step's (savable) state and data position, verified if it can be."""
@@ -131,13 +159,8 @@ def _restore_step(manager: ocp.CheckpointManager, step: int,
     items['integrity'] = ocp.args.JsonRestore()
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   if has_integrity:
-    expected = restored['integrity']['fingerprint']
-    actual = fingerprint(restored['state'])
-    changed = [path for path in actual if expected.get(path) != actual[path]]
-    if changed:
-      raise CorruptCheckpointError(
-          f'{len(changed)} of {len(actual)} leaves differ from their '
-          f'fingerprint at save time, e.g. {changed[0]}')
+    _check_fingerprints(restored['integrity']['fingerprint'],
+                        fingerprint(restored['state']))
   else:
     logging.warning('Checkpoint at step %d has no fingerprint (saved by an '
                     'older version); restored unverified.', step)
@@ -196,10 +219,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: PyTree
       # Any failure to read (truncated file, missing shard, bad metadata,
       # other shapes) or a fingerprint mismatch: an older checkpoint is
       # better than no resume at all.
-      reason = lifecycle.one_line_reason(e)
-      logging.warning('Checkpoint at step %d is unusable (%s); trying the '
-                      'previous one.', step, reason)
-      unusable.append((step, reason))
+      _skip_unusable(step, e, unusable)
       continue
     for bad_step, _ in unusable:
       logging.warning('Moved the unusable checkpoint at step %d to %s.',
@@ -210,3 +230,121 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: PyTree
       f'None of the {len(steps)} checkpoints in {manager.directory} could be '
       'restored into this run (another model or config?): ' + '; '.join(
           f'step {step}: {reason}' for step, reason in unusable))
+
+
+# What evaluation restores of a TrainState: the model's weights, its centers
+# and the step, not the optimizer state or the RNG.
+WEIGHT_FIELDS = ('step', 'params', 'centers', 'batch_stats')
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint's leaves do not fit the model a config builds."""
+
+
+def _shape_mismatches(metadata: PyTree, target: PyTree) -> list[str]:
+  """'path: checkpoint (...), config (...)' for each leaf that differs."""
+  stored = {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in
+            jax.tree_util.tree_flatten_with_path(metadata)[0]}
+  wanted = {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in
+            jax.tree_util.tree_flatten_with_path(target)[0]}
+  problems = []
+  for path in sorted(set(stored) | set(wanted)):
+    if path not in stored:
+      problems.append(f'{path}: not in the checkpoint, {wanted[path]} in '
+                      'this config\'s model')
+    elif path not in wanted:
+      problems.append(f'{path}: {stored[path]} in the checkpoint, not in '
+                      'this config\'s model')
+    elif stored[path] != wanted[path]:
+      problems.append(f'{path}: {stored[path]} in the checkpoint, '
+                      f'{wanted[path]} in this config\'s model')
+  return problems
+
+
+def _as_state_paths(fingerprints: dict[str, int]) -> dict[str, int]:
+  """Fingerprint keys of a dict of fields (`['params']...`) as the saved
+  TrainState's (`.params...`)."""
+  return {re.sub(r"^\['(\w+)'\]", r'.\1', path): value
+          for path, value in fingerprints.items()}
+
+
+def restore_latest_weights(manager: ocp.CheckpointManager,
+                           abstract_state: PyTree) -> Optional[PyTree]:
+  """The newest checkpoint's params, centers, batch statistics and step.
+
+  Nothing else is read: the optimizer state can be of any optimizer, or
+  absent from `abstract_state` (`state.create_inference_state`). Nothing is
+  moved aside or written; a newest step that cannot be read or fails its
+  fingerprint is skipped with a warning for the previous one.
+
+  Args:
+    manager: from `create_manager`.
+    abstract_state: a TrainState (or its `jax.eval_shape`) whose
+      `WEIGHT_FIELDS` give the structure and shapes to restore.
+
+  Returns:
+    `abstract_state` with the restored `WEIGHT_FIELDS` (host arrays; its
+    other fields as given), or None when there is no checkpoint.
+
+  Raises:
+    CheckpointMismatchError: the newest step's leaves differ from
+      `abstract_state`'s in structure or shape, each one named.
+    RuntimeError: no step could be read, with each step's reason.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
+    return None
+  target = {field: jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                                getattr(abstract_state, field))
+            for field in WEIGHT_FIELDS
+            if jax.tree.leaves(getattr(abstract_state, field))}
+  unusable = []
+  for step in steps:
+    try:
+      metadata = ocp.PyTreeCheckpointHandler().metadata(
+          epath.Path(_state_directory(manager, step))).tree
+    except Exception as e:  # pylint: disable=broad-except
+      _skip_unusable(step, e, unusable)
+      continue
+    mismatches = _shape_mismatches(
+        {field: metadata.get(field, {}) for field in target}, target)
+    if mismatches:
+      raise CheckpointMismatchError(
+          f'The checkpoint at step {step} in {manager.directory} does not fit '
+          f'the model this config builds ({len(mismatches)} leaves): '
+          + '; '.join(mismatches[:5])
+          + ('; ...' if len(mismatches) > 5 else '')
+          + '. Evaluate with the config the run was trained with.')
+    try:
+      weights = _restore_weights(manager, step, target)
+    except Exception as e:  # pylint: disable=broad-except
+      _skip_unusable(step, e, unusable)
+      continue
+    return abstract_state.replace(**weights)
+  raise RuntimeError(
+      f'None of the {len(steps)} checkpoints in {manager.directory} could be '
+      'read: ' + '; '.join(f'step {step}: {reason}'
+                           for step, reason in unusable))
+
+
+def _state_directory(manager: ocp.CheckpointManager, step: int) -> str:
+  # Read directly: the manager knows the item's handler only once it saved.
+  return os.path.join(manager.directory, str(step), 'state')
+
+
+def _restore_weights(manager: ocp.CheckpointManager, step: int,
+                     target: dict[str, PyTree]) -> dict[str, PyTree]:
+  """`target`'s fields of one step, verified against its fingerprint."""
+  weights = ocp.PyTreeCheckpointer().restore(
+      _state_directory(manager, step),
+      args=ocp.args.PyTreeRestore(
+          target, restore_args=ocp.checkpoint_utils.construct_restore_args(
+              target), partial_restore=True))
+  if os.path.isdir(os.path.join(manager.directory, str(step), 'integrity')):
+    expected = manager.restore(step, args=ocp.args.Composite(
+        integrity=ocp.args.JsonRestore()))['integrity']['fingerprint']
+    _check_fingerprints(expected, _as_state_paths(fingerprint(weights)))
+  else:
+    logging.warning('Checkpoint at step %d has no fingerprint (saved by an '
+                    'older version); restored unverified.', step)
+  return weights

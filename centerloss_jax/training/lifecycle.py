@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import logging as std_logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -180,24 +181,53 @@ def run_main(main: Callable[[], Any]) -> Any:
     _flush_and_exit(EXIT_FAILURE)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str], *,
+                define_flags: Optional[Callable[[list[str]], Any]] = None
+                ) -> list[str]:
   """absl's flag parsing for `app.run(..., flags_parser=parse_flags)`.
 
-  The same, except that an override of a top-level config field the config
-  does not have (`--config.lamda=0.1`) is reported as such: ml_collections
-  raises a bare `AttributeError: "'lamda'"` for it.
+  The same, except that an override of a config field the config does not
+  have (`--config.lamda=0.1`, `--config.model.widths=...`) is reported as
+  such, with its whole path and ml_collections' suggestion if it has one:
+  ml_collections raises a bare `AttributeError: "'lamda'"` for it.
+
+  Args:
+    argv: the command line.
+    define_flags: called with `argv` first, under the same error handling:
+      for flags that depend on others (`evaluate` defines `--config` from
+      `--workdir`'s stored config). It raises `flags.Error` to refuse.
   """
   try:
+    if define_flags is not None:
+      define_flags(argv)
     return flags.FLAGS(argv)
-  except AttributeError as e:
-    field = str(e).strip('"\'')
-    reason = (f'unknown config field {field!r} (in --config.{field}=...): '
-              'the config file defines no such field')
+  except (AttributeError, KeyError) as e:
+    # ml_collections' message (AttributeError for a field, KeyError for a
+    # group): the quoted name, repr'd once or twice, and
+    # for a near miss 'Did you mean "..."'.
+    name = re.search(r'\w+', str(e))
+    field, flag = _unknown_config_field(name.group() if name else str(e),
+                                        argv)
+    reason = (f'unknown config field {field!r} (in {flag}): the config '
+              'defines no such field')
+    suggestion = re.search(r'Did you mean "(\w+)"', str(e))
+    if suggestion:
+      reason += f'; did you mean {suggestion.group(1)!r}?'
   except flags.Error as e:
     reason = str(e)
   print(f'FATAL Flags parsing error: {reason}\nPass --helpshort or '
         '--helpfull to see help on flags.', file=sys.stderr)
   sys.exit(EXIT_FAILURE)
+
+
+def _unknown_config_field(name: str, argv: list[str]) -> tuple[str, str]:
+  """(dotted path, flag as given) of the unknown field or group `name`."""
+  for arg in argv[1:]:
+    if arg.startswith('--config.'):
+      parts = arg[len('--config.'):].split('=')[0].split('.')
+      if name in parts:
+        return '.'.join(parts[:parts.index(name) + 1]), arg
+  return name, f'--config.{name}=...'
 
 
 def one_line_reason(error: BaseException, max_chars: int = 300) -> str:

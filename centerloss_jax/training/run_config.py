@@ -6,6 +6,8 @@ empty `metrics.jsonl` behind. `store_or_compare` keeps the run's config as
 `<workdir>/config.json` and refuses to resume under a config that would
 change the run's trajectory (a different lambda, learning rate, model, ...),
 naming the fields, unless the caller allows it explicitly.
+`load_stored_config` gives it back, for evaluation (`centerloss_jax.evaluate`),
+which `check_evaluation_config` lets change only evaluation and data fields.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any
+from typing import Any, Optional
 
 from absl import logging
 import ml_collections
@@ -31,6 +33,9 @@ TRAJECTORY_FREE_FIELDS = ('log_every_steps', 'eval_every_steps',
                           'checkpoint_every_steps', 'keep_checkpoints',
                           'plot_features', 'parallel')
 TRAJECTORY_FREE_GROUPS = ('evaluation.', 'distributed.')
+# Fields of `config.input` that shape the trained weights (classifier and
+# centers, the first dense layer): evaluation cannot change them.
+EVALUATION_FIXED_INPUT_FIELDS = ('input.num_classes', 'input.image_shape')
 
 SCHEDULES = ('constant', 'piecewise', 'cosine')
 
@@ -144,15 +149,81 @@ def config_changes(stored: dict, current: dict) -> list[str]:
   since the run started (or removed from them) is a change of the code,
   whose defaults keep the old behaviour, not of the experiment.
   """
+  return _changes(stored, current, free=lambda field: (
+      field in TRAJECTORY_FREE_FIELDS
+      or field.startswith(TRAJECTORY_FREE_GROUPS)))
+
+
+def evaluation_changes(stored: dict, current: dict) -> list[str]:
+  """`config_changes`, for evaluating a run rather than resuming it.
+
+  Evaluation may also change the data (other verification pairs, moved
+  data paths) and the batch size, but not what decides the trained weights'
+  shapes: `EVALUATION_FIXED_INPUT_FIELDS`, the model, the losses, ...
+  """
+  def free(field):
+    if field in EVALUATION_FIXED_INPUT_FIELDS:
+      return False
+    return (field in TRAJECTORY_FREE_FIELDS + ('batch_size',)
+            or field.startswith(TRAJECTORY_FREE_GROUPS + ('input.',)))
+  return _changes(stored, current, free=free)
+
+
+def _changes(stored: dict, current: dict, *, free) -> list[str]:
   old, new = _flat(stored), _flat(current)
-  changes = []
-  for field in sorted(set(old) & set(new)):
-    if (field in TRAJECTORY_FREE_FIELDS
-        or field.startswith(TRAJECTORY_FREE_GROUPS)):
-      continue
-    if old[field] != new[field]:
-      changes.append(f'{field}: {old[field]!r} -> {new[field]!r}')
-  return changes
+  return [f'{field}: {old[field]!r} -> {new[field]!r}'
+          for field in sorted(set(old) & set(new))
+          if not free(field) and old[field] != new[field]]
+
+
+def load_stored_config(workdir: str) -> Optional[ml_collections.ConfigDict]:
+  """The run's config from `<workdir>/config.json`, or None if there is none.
+
+  JSON keeps no types: lists come back as the tuples the configs use, and
+  unset (None) fields as placeholders of any type, so that command-line
+  overrides of them (`--config.evaluation.pca_dim=128`) still parse.
+  """
+  path = os.path.join(os.path.abspath(workdir), CONFIG_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    stored = json.load(f)
+
+  def typed(value):
+    if isinstance(value, dict):
+      return ml_collections.ConfigDict({k: typed(v) for k, v in value.items()})
+    if isinstance(value, list):
+      return tuple(typed(v) for v in value)
+    if value is None:
+      return ml_collections.config_dict.placeholder(object)
+    return value
+  return typed(stored)
+
+
+def check_evaluation_config(workdir: str,
+                            config: ml_collections.ConfigDict) -> None:
+  """Raises if `config` differs from the run's beyond evaluation and data.
+
+  Args:
+    workdir: the run's workdir; without a stored config nothing is checked
+      (the checkpoint's shapes still are, when it is restored).
+    config: the config an evaluation is about to use.
+
+  Raises:
+    ConfigChangedError: naming each field that differs, with both values.
+  """
+  stored = load_stored_config(workdir)
+  if stored is None:
+    return
+  changes = evaluation_changes(_as_json(stored), _as_json(config))
+  if changes:
+    raise ConfigChangedError(
+        f'The config differs from the one {workdir} was trained with '
+        f'({CONFIG_FILE}) beyond evaluation and data fields: '
+        f'{"; ".join(changes)}. Leave out --config: evaluate then reads the '
+        f'run\'s {CONFIG_FILE}, and --config.<field>=... overrides of '
+        'evaluation.*, input.* (but not input.num_classes or '
+        'input.image_shape), batch_size or parallel apply to it.')
 
 
 def store_or_compare(workdir: str, config: ml_collections.ConfigDict, *,

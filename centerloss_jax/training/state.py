@@ -1,14 +1,17 @@
 """The train state and what builds it: model, schedule, optimizer, centers.
 
-The Flax examples' factories: `create_model`, `create_learning_rate_fn`,
-`create_optimizer`, `create_train_state`, each reading the experiment config
-it is given.
+The Flax examples' factories: `create_model`, `total_train_steps`,
+`create_learning_rate_fn`, `create_optimizer`, `create_train_state` (and
+`create_inference_state`, its optimizer-free twin for evaluation), each
+reading the experiment config it is given.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+from absl import logging
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
@@ -75,24 +78,58 @@ def check_class_shards(config: ml_collections.ConfigDict,
   return class_shards
 
 
-def create_learning_rate_fn(config: ml_collections.ConfigDict,
-                            steps_per_epoch: int) -> optax.Schedule:
+def total_train_steps(config: ml_collections.ConfigDict,
+                      steps_per_epoch: int) -> int:
+  """The run's length in steps: `num_train_steps`, or `num_epochs` epochs.
+
+  Computed once by the trainer and given to the schedule, the loop and the
+  logs alike, so a config that sets `num_train_steps` decays its schedule
+  over those steps, not over `num_epochs`.
+  """
+  if config.num_train_steps > 0:
+    return int(config.num_train_steps)
+  return int(math.ceil(config.num_epochs * steps_per_epoch))
+
+
+def create_learning_rate_fn(config: ml_collections.ConfigDict, *,
+                            steps_per_epoch: int,
+                            total_steps: int) -> optax.Schedule:
   """`config.schedule`: 'constant', 'piecewise' or 'cosine' (with warm-up).
 
   Piecewise boundaries are given in steps (`config.lr_boundaries`) with the
   factor applied at each (`config.lr_decay_factor`), as in the reference
-  Caffe solver (x0.8 at 5K, 8K and 10K iterations).
+  Caffe solver (x0.8 at 5K, 8K and 10K iterations). The cosine schedule
+  warms up linearly for `config.warmup_epochs` epochs, then decays to 0 at
+  `total_steps`.
+
+  Args:
+    config: the experiment config.
+    steps_per_epoch: steps in one epoch (for `warmup_epochs`).
+    total_steps: the run's length, from `total_train_steps`.
+
+  Raises:
+    ValueError: an unknown schedule, or a cosine warm-up that does not end
+      before `total_steps` (naming both).
   """
   lr = config.learning_rate
   if config.schedule == 'constant':
     return optax.constant_schedule(lr)
   if config.schedule == 'piecewise':
+    unreached = [int(b) for b in config.lr_boundaries if b >= total_steps]
+    if unreached:
+      logging.warning('lr_boundaries %s are at or after the last step (%d): '
+                      'the learning rate never decays there.', unreached,
+                      total_steps)
     return optax.piecewise_constant_schedule(
         lr, {int(b): config.lr_decay_factor for b in config.lr_boundaries})
   if config.schedule == 'cosine':
-    total = config.num_epochs * steps_per_epoch
     warmup = config.warmup_epochs * steps_per_epoch
-    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total)
+    if warmup >= total_steps:
+      raise ValueError(
+          f'config.warmup_epochs={config.warmup_epochs} is {warmup:g} steps '
+          f'({steps_per_epoch} per epoch), not fewer than the run\'s '
+          f'{total_steps} steps: the cosine schedule would never decay.')
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total_steps)
   raise ValueError(f"Unknown schedule {config.schedule!r}; expected one of "
                    "'constant', 'piecewise', 'cosine'.")
 
@@ -135,6 +172,27 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, *,
     num_classes) kernel is `params['classifier']['kernel']`, outside the
     model, so `DataParallel.put_state` can split it.
   """
+  return _create_state(config, rng, image_shape=image_shape,
+                       num_classes=num_classes,
+                       tx=create_optimizer(config, learning_rate_fn))
+
+
+def create_inference_state(config: ml_collections.ConfigDict, rng: jax.Array,
+                           *, image_shape: tuple[int, ...],
+                           num_classes: int) -> TrainState:
+  """`create_train_state` without an optimizer (empty `opt_state`).
+
+  What evaluation restores a checkpoint's params, centers and batch
+  statistics into: the optimizer fields of the config are not read, so a
+  run can be evaluated whatever it was trained with.
+  """
+  return _create_state(config, rng, image_shape=image_shape,
+                       num_classes=num_classes, tx=optax.identity())
+
+
+def _create_state(config: ml_collections.ConfigDict, rng: jax.Array, *,
+                  image_shape: tuple[int, ...], num_classes: int,
+                  tx: optax.GradientTransformation) -> TrainState:
   class_shards = check_class_shards(config, num_classes)
   model = create_model(config, num_classes)
   init_rng, state_rng = jax.random.split(rng)
@@ -158,8 +216,6 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, *,
     kernel = params.pop(models.classifier_scope(config.model.name))['kernel']
     params['classifier'] = {'kernel': kernel}
     apply_fn = create_model(config, num_classes, use_classifier=False).apply
-  return TrainState.create(
-      apply_fn=apply_fn, params=params,
-      tx=create_optimizer(config, learning_rate_fn), centers=centers,
-      batch_stats=batch_stats, rng=state_rng)
-
+  return TrainState.create(apply_fn=apply_fn, params=params, tx=tx,
+                           centers=centers, batch_stats=batch_stats,
+                           rng=state_rng)

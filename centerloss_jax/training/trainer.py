@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 import os
 import time
 from typing import Any
@@ -220,12 +219,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if steps_per_epoch == 0:
     raise ValueError(f'batch_size {config.batch_size} exceeds the '
                      f'{epoch_examples} training examples of an epoch.')
-  num_steps = (config.num_train_steps if config.num_train_steps > 0 else
-               int(math.ceil(config.num_epochs * steps_per_epoch)))
+  num_steps = state_lib.total_train_steps(config, steps_per_epoch)
   eval_every = (config.eval_every_steps if config.eval_every_steps > 0
                 else steps_per_epoch)
+  if config.eval_every_steps == -1 and (dataset.verification
+                                        or dataset.identification):
+    logging.warning('eval_every_steps=-1 runs the open-set protocols every '
+                    'epoch (%d steps); set it in steps for face datasets.',
+                    steps_per_epoch)
+  logging.info('Training %d steps (%.4g epochs of %d steps), evaluating every '
+               '%d steps, with the %s learning-rate schedule.', num_steps,
+               num_steps / steps_per_epoch, steps_per_epoch, eval_every,
+               config.schedule)
 
-  learning_rate_fn = state_lib.create_learning_rate_fn(config, steps_per_epoch)
+  learning_rate_fn = state_lib.create_learning_rate_fn(
+      config, steps_per_epoch=steps_per_epoch, total_steps=num_steps)
   state = state_lib.create_train_state(
       config, jax.random.key(config.seed), image_shape=dataset.image_shape,
       num_classes=dataset.num_classes, learning_rate_fn=learning_rate_fn)

@@ -321,12 +321,13 @@ def test_load_identity_folders(tmp_path):
   write_lfw_tree(tmp_path / 'lfw')
   (tmp_path / 'pairs.txt').write_text(PAIRS)
   config = dict(train_dir=str(train), image_shape=(8, 6, 3), num_classes=3,
-                test_images_per_identity=1, pairs_dir=str(tmp_path / 'lfw'),
+                test_images_per_identity=1, test_split='last',
+                pairs_dir=str(tmp_path / 'lfw'),
                 pairs_file=str(tmp_path / 'pairs.txt'))
   dataset = face_folders.load_identity_folders(**config)
   assert dataset.class_names == ('id_a', 'id_b', 'id_c')
   assert dataset.image_shape == (8, 6, 3) and dataset.num_classes == 3
-  # The last image of identities with more than one goes to test.
+  # 'last': the last image of identities with more than one goes to test.
   assert dataset.train.labels.tolist() == [0, 0, 1, 2]
   assert dataset.test.labels.tolist() == [0, 2]
   assert isinstance(dataset.train.images, image_files.ImageFiles)
@@ -344,10 +345,45 @@ def test_load_identity_folders(tmp_path):
   assert subset.verification is None
   with pytest.raises(ValueError, match='num_classes=4 but 3 identity'):
     face_folders.load_identity_folders(**dict(config, num_classes=4))
+  with pytest.raises(ValueError, match="test_split must be one of .*'first'"):
+    face_folders.load_identity_folders(**dict(config, test_split='first'))
   landmarks = tmp_path / 'landmarks.txt'
   landmarks.write_text('id_a/0.png ' + ' '.join(['1'] * 10) + '\n')
   with pytest.raises(ValueError, match='5 of 6 images have no landmarks'):
     face_folders.load_identity_folders(**dict(config, landmarks=str(landmarks)))
+
+
+def test_random_test_split_is_seeded_per_identity_and_unbiased(tmp_path):
+  # Ten images per identity whose sorted names encode a condition (the last
+  # ones 'z_dark'): the 'last' split tests on that condition only.
+  train = tmp_path / 'train'
+  value = 0
+  for name in ('id_a', 'id_b', 'id_c'):
+    for i in range(10):
+      condition = 'z_dark' if i >= 7 else 'lit'
+      write_png(str(train / name / f'{condition}_{i}.png'),
+                np.full((8, 6, 3), value))
+      value += 1
+  config = dict(train_dir=str(train), image_shape=(8, 6, 3), num_classes=3,
+                test_images_per_identity=3)
+
+  def test_files(**kwargs):
+    dataset = face_folders.load_identity_folders(**config, **kwargs)
+    assert dataset.test.labels.tolist() == [0] * 3 + [1] * 3 + [2] * 3
+    assert dataset.train.num_examples == 21
+    train_files = set(dataset.train.images.paths)
+    test_files = [os.path.basename(p) for p in dataset.test.images.paths]
+    assert not train_files & set(dataset.test.images.paths)
+    return test_files
+
+  last = test_files(test_split='last')
+  assert all(name.startswith('z_dark') for name in last)
+  default = test_files()  # 'random', split_seed 0.
+  assert default == test_files(test_split='random', split_seed=0)
+  assert default != last and default != test_files(split_seed=1)
+  # 3 of 10 images per identity: a random choice picks exactly the 3 dark
+  # ones of every identity with probability (1/120)^3.
+  assert not all(name.startswith('z_dark') for name in default)
 
 
 # ---------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """End to end: the face configs train, evaluate on unseen identities, and
-`python -m centerloss_jax.evaluate` reproduces the trainer's numbers."""
+`python -m centerloss_jax.evaluate` reproduces the trainer's numbers from
+the workdir alone."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,7 +16,9 @@ from centerloss_jax.data import alignment
 from centerloss_jax.data import synthetic_faces
 from centerloss_jax import evaluate
 from centerloss_jax import training
-from configs import casia_webface_face_resnet
+from centerloss_jax.training import checkpointing
+from centerloss_jax.training import run_config
+from configs import common
 from configs import synthetic_faces as synthetic_faces_config
 import repo_paths
 
@@ -63,9 +67,9 @@ def test_synthetic_run_reports_open_set_metrics(synthetic_run):
 def test_evaluate_cli_reproduces_the_trainers_metrics(synthetic_run,
                                                       tmp_path):
   workdir, metrics = synthetic_run
-  _run_module('centerloss_jax.evaluate',
-              '--config=configs/synthetic_faces.py:runlocal',
-              f'--workdir={workdir}', f'--output_dir={tmp_path}')
+  # The workdir alone: evaluate reads the run's config from it.
+  _run_module('centerloss_jax.evaluate', f'--workdir={workdir}',
+              f'--output_dir={tmp_path}')
   with open(tmp_path / 'evaluation.json') as f:
     evaluated = json.load(f)
   open_set = {k: v for k, v in metrics.items() if '/' in k}
@@ -84,7 +88,7 @@ def test_evaluate_cli_reproduces_the_trainers_metrics(synthetic_run,
 def test_evaluate_without_checkpoint_says_so(tmp_path):
   config = synthetic_faces_config.get_config('runlocal')
   with pytest.raises(FileNotFoundError, match='No checkpoint under'):
-    evaluate.evaluate_checkpoint(config, str(tmp_path))
+    evaluate.evaluate_checkpoint(str(tmp_path), config)
   assert not (tmp_path / 'checkpoints').exists()
 
 
@@ -113,8 +117,16 @@ def _write_face_folders(root, *, num_identities, images_per_identity, seed,
     f.write('\n'.join(lines) + '\n')
 
 
-def test_casia_config_runs_on_identity_folders_and_lfw_pairs(tmp_path):
-  train_dir, lfw_dir = tmp_path / 'casia', tmp_path / 'lfw'
+def _last_record_with(records, key):
+  return [r for r in records if key in r][-1]
+
+
+@pytest.fixture(scope='module')
+def own_face_dataset_run(tmp_path_factory):
+  """A researcher's own small face set, trained from the base CASIA config
+  with command-line overrides only (no `:runlocal`)."""
+  root = tmp_path_factory.mktemp('own_faces')
+  train_dir, lfw_dir = root / 'casia', root / 'lfw'
   _write_face_folders(str(train_dir), num_identities=8, images_per_identity=3,
                       seed=0, first_identity=0)
   _write_face_folders(str(lfw_dir), num_identities=4, images_per_identity=2,
@@ -127,28 +139,99 @@ def test_casia_config_runs_on_identity_folders_and_lfw_pairs(tmp_path):
       'person_2\t1\t2\n'
       'person_2\t2\tperson_3\t1\n')
   # MegaFace layout: probe identities in folders, distractors nested anyhow.
-  probe_dir, distractor_dir = tmp_path / 'facescrub', tmp_path / 'megaface'
+  probe_dir, distractor_dir = root / 'facescrub', root / 'megaface'
   _write_face_folders(str(probe_dir), num_identities=3, images_per_identity=2,
                       seed=0, first_identity=2000)
   _write_face_folders(str(distractor_dir / 'nested'), num_identities=5,
                       images_per_identity=1, seed=0, first_identity=3000)
-  config = casia_webface_face_resnet.get_config('runlocal')
-  config.input.probe_dir = str(probe_dir)
-  config.input.distractor_dir = str(distractor_dir)
-  config.input.train_dir = str(train_dir)
-  config.input.landmarks = str(train_dir / 'landmarks.txt')
-  config.input.pairs_dir = str(lfw_dir)
-  config.input.pairs_file = str(lfw_dir / 'pairs.txt')
-  config.input.pairs_landmarks = str(lfw_dir / 'landmarks.txt')
-  metrics = training.train_and_evaluate(config, str(tmp_path / 'run'))
-  assert metrics['lfw/num_pairs'] == 4
+  workdir = root / 'run'
+  # 8 identities x 2 training images, batch 16: one step per epoch, so
+  # num_epochs (1) and num_train_steps (6) disagree, as in the issue.
+  _run_module(
+      'centerloss_jax.main', '--config=configs/casia_webface_face_resnet.py',
+      f'--workdir={workdir}',
+      f'--config.input.train_dir={train_dir}',
+      f'--config.input.landmarks={train_dir / "landmarks.txt"}',
+      f'--config.input.pairs_dir={lfw_dir}',
+      f'--config.input.pairs_file={lfw_dir / "pairs.txt"}',
+      f'--config.input.pairs_landmarks={lfw_dir / "landmarks.txt"}',
+      f'--config.input.probe_dir={probe_dir}',
+      f'--config.input.distractor_dir={distractor_dir}',
+      '--config.input.num_classes=8', '--config.input.image_shape=(56,48,3)',
+      '--config.model.stem_channels=(4,8)',
+      '--config.model.stage_channels=(8,8,16,16)',
+      '--config.model.stage_blocks=(1,1,1,1)',
+      '--config.model.feature_dim=16', '--config.model.dtype=float32',
+      '--config.batch_size=16', '--config.learning_rate=0.01',
+      '--config.schedule=cosine', '--config.num_train_steps=6',
+      '--config.log_every_steps=3', '--config.eval_every_steps=6',
+      '--config.checkpoint_every_steps=3')
+  with open(workdir / 'metrics.jsonl') as f:
+    records = [json.loads(line) for line in f]
+  return root, workdir, records
+
+
+def test_own_face_dataset_trains_from_the_base_config(own_face_dataset_run):
+  _, _, records = own_face_dataset_run
+  final = records[-1]
+  assert final['step'] == 6
+  assert final['lfw/num_pairs'] == 4
   # 3 probe identities x 2 images, each the other's mate; 5 distractors.
-  assert metrics['megaface/num_pairs'] == 6
-  assert metrics['megaface/num_distractors'] == 5
-  assert 0.0 <= metrics['megaface/rank1'] <= metrics['megaface/rank5'] <= 1.0
-  assert 0.0 <= metrics['lfw/accuracy'] <= 1.0
-  assert metrics['num_examples'] == 8  # The last image of each identity.
-  assert np.isfinite(metrics['cross_entropy'])
+  assert final['megaface/num_pairs'] == 6
+  assert final['megaface/num_distractors'] == 5
+  assert 0.0 <= final['megaface/rank1'] <= final['megaface/rank5'] <= 1.0
+  assert 0.0 <= final['lfw/accuracy'] <= 1.0
+  # One randomly chosen image of each identity is the closed-set test set.
+  test = _last_record_with(records, 'test/num_examples')
+  assert test['test/num_examples'] == 8
+  assert np.isfinite(test['test/cross_entropy'])
+  # The cosine schedule spans the 6 steps, not the 1-step "epoch": the
+  # learning rate of step 3 (index 2) is 0.01 * (1 + cos(2 pi / 6)) / 2.
+  rates = {r['step']: r['train/learning_rate'] for r in records
+           if 'train/learning_rate' in r}
+  assert rates[3] == pytest.approx(0.0075, rel=1e-5)
+  assert rates[6] == pytest.approx(0.01 * (1 + np.cos(np.pi * 5 / 6)) / 2,
+                                   rel=1e-5)
+
+
+def test_evaluate_needs_only_the_workdir(own_face_dataset_run, tmp_path):
+  _, workdir, records = own_face_dataset_run
+  # No training flags; one evaluation override (a shorter CMC).
+  _run_module('centerloss_jax.evaluate', f'--workdir={workdir}',
+              f'--output_dir={tmp_path}', '--config.evaluation.max_rank=3')
+  with open(tmp_path / 'evaluation.json') as f:
+    evaluated = json.load(f)
+  assert evaluated['step'] == 6
+  assert len(evaluated['megaface/cmc']) == 3
+  # The run's own model and settings reproduce the trainer's numbers.
+  trained = _last_record_with(records, 'lfw/auc')
+  compared = [key for key in trained if key.startswith('lfw/')] + [
+      'megaface/rank1', 'megaface/num_pairs']
+  assert len(compared) > 5
+  for key in compared:
+    assert evaluated[key] == pytest.approx(trained[key], abs=1e-6), key
+
+
+def test_evaluate_refuses_other_model_fields_and_names_them(
+    own_face_dataset_run, tmp_path):
+  _, workdir, _ = own_face_dataset_run
+  stored = run_config.load_stored_config(str(workdir))
+  wider = common.with_overrides(stored, {'model.feature_dim': 32,
+                                         'optimizer': 'adamw'})
+  with pytest.raises(run_config.ConfigChangedError,
+                     match=r"model\.feature_dim: 16 -> 32.*optimizer: 'sgd' "
+                     r"-> 'adamw'"):
+    evaluate.evaluate_checkpoint(str(workdir), wider)
+  # A workdir without config.json (an older run): the checkpoint's own
+  # shapes name what does not fit, not a TensorStore dump.
+  old_run = tmp_path / 'old_run'
+  shutil.copytree(workdir / 'checkpoints', old_run / 'checkpoints')
+  with pytest.raises(FileNotFoundError, match='No config.json'):
+    evaluate.evaluate_checkpoint(str(old_run))
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match=r"\(16,\) in the checkpoint, \(32,\) in this "
+                     "config's model"):
+    evaluate.evaluate_checkpoint(str(old_run), wider)
 
 
 def test_face_comparison_writes_table_and_roc(tmp_path):

@@ -316,9 +316,12 @@ def test_empty_workdir_and_a_name_that_is_not_the_data_are_refused(
 
 def test_an_unknown_config_field_is_named(tiny_idx_dir, tmp_path):
   code, stderr, _ = _run(_command(tiny_idx_dir, str(tmp_path / 'run'),
-                                  '--config.lamda=0.1'))
+                                  '--config.model.stage_channel=(4,8,8)'))
   assert code == 1
-  assert "unknown config field 'lamda'" in stderr
+  # The whole path, and ml_collections' suggestion for a near miss.
+  assert ("unknown config field 'model.stage_channel' (in "
+          "--config.model.stage_channel=(4,8,8))") in stderr
+  assert "did you mean 'stage_channels'?" in stderr
   assert not (tmp_path / 'run').exists()
 
 
@@ -342,6 +345,40 @@ def test_config_comparison_names_trajectory_fields_only():
       "learning_rate: 0.01 -> 0.1", "model.name: 'lenet_pp' -> 'face_resnet'"]
 
 
+def test_a_changed_schedule_or_length_is_refused_on_resume(tmp_path):
+  config = config_util.runlocal_config(None)
+  run_config.store_or_compare(str(tmp_path), config, allow_changes=False,
+                              write=True)
+  for field, value in (('schedule', 'cosine'), ('num_epochs', 4.0),
+                       ('num_train_steps', 100), ('warmup_epochs', 0.5),
+                       ('lr_boundaries', (8, 12))):
+    changed = config_util.runlocal_config(None, **{field: value})
+    with pytest.raises(run_config.ConfigChangedError,
+                       match=rf'{field}: .* -> .*allow_config_change'):
+      run_config.store_or_compare(str(tmp_path), changed,
+                                  allow_changes=False, write=True)
+
+
+def test_evaluation_may_change_evaluation_and_data_fields_only():
+  stored = {'learning_rate': 0.01, 'batch_size': 128, 'parallel': 'jit',
+            'model': {'feature_dim': 128},
+            'evaluation': {'pca_dim': None},
+            'input': {'pairs_dir': '/a', 'num_classes': 10,
+                      'image_shape': [56, 48, 3]}}
+  evaluation = {'learning_rate': 0.01, 'batch_size': 64,
+                'parallel': 'shard_map', 'model': {'feature_dim': 128},
+                'evaluation': {'pca_dim': 64},
+                'input': {'pairs_dir': '/b', 'num_classes': 10,
+                          'image_shape': [56, 48, 3]}}
+  assert run_config.evaluation_changes(stored, evaluation) == []
+  other = {'learning_rate': 0.1, 'model': {'feature_dim': 64},
+           'input': {'num_classes': 12, 'image_shape': [112, 96, 3]}}
+  assert run_config.evaluation_changes(stored, other) == [
+      'input.image_shape: [56, 48, 3] -> [112, 96, 3]',
+      'input.num_classes: 10 -> 12', 'learning_rate: 0.01 -> 0.1',
+      'model.feature_dim: 128 -> 64']
+
+
 # --- checkpoints: corrupt ones are detected, moved aside and replaced ------
 
 
@@ -360,18 +397,22 @@ def _saved_steps(tmp_path):
   return manager
 
 
-def test_a_checkpoint_whose_data_changed_is_caught_by_its_fingerprint(
-    tmp_path):
-  manager = _saved_steps(tmp_path)
-  # Tamper with the stored fingerprint of one leaf: exactly what a silent
-  # change of that leaf's data looks like to the check.
-  path = os.path.join(manager.directory, '8', 'integrity', 'metadata')
+def _tamper_with_fingerprint(manager, step, leaf):
+  """Changes the stored fingerprint of the first leaf whose path has `leaf`:
+  exactly what a silent change of that leaf's data looks like to the check."""
+  path = os.path.join(manager.directory, str(step), 'integrity', 'metadata')
   with open(path) as f:
     stored = json.load(f)
-  key = next(k for k in stored['fingerprint'] if 'centers' in k)
+  key = next(k for k in stored['fingerprint'] if leaf in k)
   stored['fingerprint'][key] ^= 1
   with open(path, 'w') as f:
     json.dump(stored, f)
+
+
+def test_a_checkpoint_whose_data_changed_is_caught_by_its_fingerprint(
+    tmp_path):
+  manager = _saved_steps(tmp_path)
+  _tamper_with_fingerprint(manager, 8, 'centers')
   state, position = checkpointing.restore_latest(manager, _tiny_state(0.0))
   assert position['step_in_epoch'] == 4
   np.testing.assert_array_equal(state.centers, 4.0)
@@ -393,6 +434,33 @@ def test_checkpoints_of_another_model_are_refused_briefly_and_kept(
   assert '\n' not in str(error.value) and len(str(error.value)) < 1000
   assert sorted(manager.all_steps()) == [4, 8]
   assert not (tmp_path / 'checkpoints_corrupt').exists()
+
+
+def _inference_target(centers_shape=(5, 2)):
+  # What evaluation restores into: no optimizer state, other shapes possible.
+  return jax.eval_shape(lambda: training.TrainState.create(
+      apply_fn=None, params={'w': jnp.zeros((4, 3))}, tx=optax.identity(),
+      centers=jnp.zeros(centers_shape), batch_stats={},
+      rng=jax.random.key(0)))
+
+
+def test_weights_restore_without_the_optimizer_and_verified(tmp_path):
+  manager = _saved_steps(tmp_path)
+  weights = checkpointing.restore_latest_weights(manager, _inference_target())
+  np.testing.assert_array_equal(weights.params['w'], 8.0)
+  np.testing.assert_array_equal(weights.centers, 8.0)
+  assert int(weights.step) == 0 and weights.opt_state == ()
+  # A leaf whose data changed is caught; the previous step is used and
+  # nothing is moved (evaluation only reads).
+  _tamper_with_fingerprint(manager, 8, 'params')
+  weights = checkpointing.restore_latest_weights(manager, _inference_target())
+  np.testing.assert_array_equal(weights.params['w'], 4.0)
+  assert sorted(manager.all_steps()) == [4, 8]
+  # Another model's shapes: named leaf by leaf, both shapes given.
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match=r"\['centers'\]: \(5, 2\) in the checkpoint, "
+                     r"\(7, 2\) in this config's model"):
+    checkpointing.restore_latest_weights(manager, _inference_target((7, 2)))
 
 
 def test_fingerprint_changes_with_any_single_word():

@@ -69,7 +69,8 @@ def _state_digest(data_dir, overrides) -> str:
   state = training.create_train_state(
       config, jax.random.key(config.seed), image_shape=dataset.image_shape,
       num_classes=dataset.num_classes,
-      learning_rate_fn=training.state.create_learning_rate_fn(config, 8))
+      learning_rate_fn=training.state.create_learning_rate_fn(
+          config, steps_per_epoch=8, total_steps=16))
   dp = parallel.DataParallel.create(config.parallel,
                                     class_shards=config.class_shards)
   state = dp.put_state(state)

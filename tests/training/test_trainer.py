@@ -56,10 +56,41 @@ def test_run_writes_metrics_plot_and_checkpoints(finished_run):
   for step in (8, 16):
     assert os.path.getsize(
         os.path.join(workdir, f'features_step_{step}.png')) > 1000
+  # The learning rate is logged with the train metrics (runlocal's
+  # piecewise schedule: 0.01 throughout 16 steps).
+  rates = [r['train/learning_rate'] for r in records
+           if 'train/learning_rate' in r]
+  assert rates and all(rate == pytest.approx(0.01) for rate in rates)
   assert any(name.startswith('events.out.tfevents')
              for name in os.listdir(workdir))
   assert sorted(int(s) for s in os.listdir(
       os.path.join(workdir, 'checkpoints')) if s.isdigit()) == [8, 12, 16]
+
+
+def test_cosine_schedule_decays_over_num_train_steps_not_num_epochs():
+  # The face config's form: num_train_steps set, num_epochs left at 1, with
+  # 100 steps per epoch (a small dataset).
+  config = config_util.runlocal_config(
+      None, schedule='cosine', learning_rate=0.002, num_epochs=1.0,
+      num_train_steps=28_000, warmup_epochs=0.0)
+  total = training.state.total_train_steps(config, steps_per_epoch=100)
+  assert total == 28_000
+  lr = training.state.create_learning_rate_fn(
+      config, steps_per_epoch=100, total_steps=total)
+  assert float(lr(0)) == pytest.approx(0.002)
+  assert float(lr(99)) == pytest.approx(0.002, rel=1e-4)
+  assert float(lr(14_000)) == pytest.approx(0.001, rel=1e-4)  # Half-way.
+  assert float(lr(27_000)) == pytest.approx(
+      0.001 * (1 + np.cos(np.pi * 27_000 / 28_000)), rel=1e-3)
+  assert float(lr(27_999)) < 1e-9 and float(lr(28_000)) == 0
+  # Without num_train_steps, the epochs decide.
+  epochs = config_util.runlocal_config(None, num_epochs=2.5)
+  assert training.state.total_train_steps(epochs, steps_per_epoch=8) == 20
+  warm = config_util.runlocal_config(
+      None, schedule='cosine', warmup_epochs=3.0, num_train_steps=200)
+  with pytest.raises(ValueError, match=r'warmup_epochs=3\.0 is 300 steps'):
+    training.state.create_learning_rate_fn(warm, steps_per_epoch=100,
+                                           total_steps=200)
 
 
 def test_centers_are_trained_and_checkpointed(finished_run, tiny_idx_dir):
@@ -94,7 +125,8 @@ def _abstract_state(data_dir):
   config = _config(data_dir)
   return training.create_train_state(
       config, jax.random.key(0), image_shape=(28, 28, 1), num_classes=10,
-      learning_rate_fn=training.state.create_learning_rate_fn(config, 8))
+      learning_rate_fn=training.state.create_learning_rate_fn(
+          config, steps_per_epoch=8, total_steps=16))
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_previous(
@@ -165,34 +197,32 @@ def _final_state(workdir, data_dir):
   return state
 
 
-def test_killed_and_preempted_runs_resume_to_the_same_result(
+def test_preempted_then_killed_run_resumes_to_the_same_result(
     tiny_idx_dir, tmp_path):
-  """SIGKILL mid-run, and SIGTERM (preemption), then rerun: same result."""
+  """SIGTERM (preemption), rerun, SIGKILL mid-run, rerun: same result as an
+  uninterrupted run."""
   num_steps = 6 * 8
   reference = str(tmp_path / 'reference')
   subprocess.run(_main_command(tiny_idx_dir, reference), cwd=REPO_ROOT,
                  check=True, capture_output=True, timeout=300)
 
-  killed = str(tmp_path / 'killed')
-  _run_until_checkpoint_then(signal.SIGKILL, tiny_idx_dir, killed, 8)
-  assert _latest_checkpoint(killed) < num_steps
-
-  preempted = str(tmp_path / 'preempted')
+  interrupted = str(tmp_path / 'interrupted')
   returncode = _run_until_checkpoint_then(signal.SIGTERM, tiny_idx_dir,
-                                          preempted, 8)
+                                          interrupted, 8)
   assert returncode == 143, 'SIGTERM should save, then exit 143 (preempted)'
-  assert _latest_checkpoint(preempted) < num_steps
+  preempted_at = _latest_checkpoint(interrupted)
+  assert preempted_at < num_steps
+  # The resumed run is killed after its next checkpoint (every 4 steps).
+  _run_until_checkpoint_then(signal.SIGKILL, tiny_idx_dir, interrupted,
+                             preempted_at + 4)
+  assert preempted_at < _latest_checkpoint(interrupted) < num_steps
 
-  for workdir in (killed, preempted):
-    subprocess.run(_main_command(tiny_idx_dir, workdir), cwd=REPO_ROOT,
-                   check=True, capture_output=True, timeout=300)
+  subprocess.run(_main_command(tiny_idx_dir, interrupted), cwd=REPO_ROOT,
+                 check=True, capture_output=True, timeout=300)
   expected = _final_state(reference, tiny_idx_dir)
-  assert int(expected.step) == num_steps
-  for workdir in (killed, preempted):
-    resumed = _final_state(workdir, tiny_idx_dir)
-    assert int(resumed.step) == num_steps
-    np.testing.assert_allclose(resumed.centers, expected.centers, rtol=1e-6,
-                               atol=1e-7, err_msg=workdir)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(
-        a, b, rtol=1e-6, atol=1e-7, err_msg=workdir),
-                 resumed.params, expected.params)
+  resumed = _final_state(interrupted, tiny_idx_dir)
+  assert int(expected.step) == int(resumed.step) == num_steps
+  np.testing.assert_allclose(resumed.centers, expected.centers, rtol=1e-6,
+                             atol=1e-7)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      a, b, rtol=1e-6, atol=1e-7), resumed.params, expected.params)
