@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     'numpy>=2.0',
     'absl-py>=2.1',
     'tensorboardX>=2.6.5',
+    'grain>=0.2.18,<0.3',
 ]
 
 setuptools.setup(

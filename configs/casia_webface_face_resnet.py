@@ -90,6 +90,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.input.distractor_landmarks = (
       ml_collections.config_dict.placeholder(str))
   config.input.identification_name = 'megaface'
+  # A pack of train_dir (python -m centerloss_jax.pack): images read ready,
+  # with no decode or alignment; None reads the folders.
+  config.input.packed_dir = ml_collections.config_dict.placeholder(str)
   config.input.train_subset = ml_collections.config_dict.placeholder(int)
   config.input.test_subset = ml_collections.config_dict.placeholder(int)
   config.input.crop_padding = 0

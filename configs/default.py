@@ -120,6 +120,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.evaluation.max_rank = 10        # CMC length of identification.
   config.evaluation.distractor_block_size = 65_536
 
+  # The input pipeline (grain, centerloss_jax/data/pipeline.py); none of it
+  # changes the batches. Worker processes making batches (0: this process),
+  # threads making them ahead in each process (0: none), batches buffered
+  # ahead, and batches moved to the devices ahead of the step.
+  config.pipeline = ml_collections.ConfigDict()
+  config.pipeline.num_workers = 0
+  config.pipeline.num_threads = 1
+  config.pipeline.prefetch = 2
+  config.pipeline.device_prefetch = 2
+
   config.log_every_steps = 50
   # Steps between evaluations (the closed-set test split and, for face
   # datasets, the open-set protocols, which cost far more: face configs give

@@ -9,6 +9,7 @@ All of it runs on the host in numpy; the trainer moves batches to devices.
   lazily, aligned by 5 landmarks.
 * `synthetic_faces`: the offline synthetic identity set.
 * `batching`: deterministic, per-process, padded batches of a split.
+* `pipeline`: the same batches made ahead by grain, in worker processes.
 """
 
 from centerloss_jax.data import alignment
@@ -17,6 +18,7 @@ from centerloss_jax.data.batching import epoch_batches
 from centerloss_jax.data import face_folders
 from centerloss_jax.data import image_files
 from centerloss_jax.data import mnist
+from centerloss_jax.data import pipeline
 from centerloss_jax.data import registry
 from centerloss_jax.data.registry import load_dataset
 from centerloss_jax.data.registry import SOURCES
@@ -40,6 +42,7 @@ __all__ = [
     'image_files',
     'load_dataset',
     'mnist',
+    'pipeline',
     'registry',
     'synthetic_faces',
     'types',

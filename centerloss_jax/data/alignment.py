@@ -171,21 +171,29 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray,
   src_x = inverse[0, 0] * out_x + inverse[0, 1] * out_y + inverse_offset[0]
   src_y = inverse[1, 0] * out_x + inverse[1, 1] * out_y + inverse_offset[1]
 
-  x0 = np.floor(src_x).astype(np.int64)
-  y0 = np.floor(src_y).astype(np.int64)
+  x0 = np.floor(src_x)
+  y0 = np.floor(src_y)
   frac_x = (src_x - x0)[..., None]
   frac_y = (src_y - y0)[..., None]
-  # A zero-padded copy makes every neighbour within one pixel of the image
-  # readable; neighbours further out are clipped onto the zero frame.
-  padded = np.zeros((in_height + 2, in_width + 2, channels), np.float64)
+  x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
+  # A zero-padded uint8 copy makes every neighbour within one pixel of the
+  # image readable; neighbours further out are clipped onto the zero frame.
+  # Only the gathered neighbours become float64 (not the whole source, which
+  # cost most of the time at 250x250), read by flat row offsets with one
+  # `take` each: the same values and arithmetic, several times faster.
+  padded = np.zeros((in_height + 2, in_width + 2, channels), np.uint8)
   padded[1:-1, 1:-1] = image
+  flat = padded.reshape(-1, channels)
+  left = np.clip(x0 + 1, 0, in_width + 1)
+  right = np.clip(x0 + 2, 0, in_width + 1)
+  upper = np.clip(y0 + 1, 0, in_height + 1) * (in_width + 2)
+  lower = np.clip(y0 + 2, 0, in_height + 1) * (in_width + 2)
 
-  def read(y, x):
-    return padded[np.clip(y + 1, 0, in_height + 1),
-                  np.clip(x + 1, 0, in_width + 1)]
+  def read(row_offset, column):
+    return np.take(flat, row_offset + column, axis=0).astype(np.float64)
 
-  top = read(y0, x0) * (1 - frac_x) + read(y0, x0 + 1) * frac_x
-  bottom = read(y0 + 1, x0) * (1 - frac_x) + read(y0 + 1, x0 + 1) * frac_x
+  top = read(upper, left) * (1 - frac_x) + read(upper, right) * frac_x
+  bottom = read(lower, left) * (1 - frac_x) + read(lower, right) * frac_x
   out = top * (1 - frac_y) + bottom * frac_y
   out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
   return out[:, :, 0] if squeeze else out

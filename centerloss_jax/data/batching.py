@@ -184,6 +184,132 @@ def balanced_epoch_length(labels: np.ndarray, images_per_identity: int) -> int:
   return int(np.sum(counts // images_per_identity * images_per_identity))
 
 
+class BatchReader:
+  """This process's share of any global batch of a split, by step number.
+
+  Steps count across epochs: global step `s` is step `s % steps_per_epoch`
+  of epoch `s // steps_per_epoch`. Global batch k of an epoch is
+  `order[k * G:(k + 1) * G]` with the order of `epoch_permutation` (or
+  `identity_balanced_order`); process p gets its p-th contiguous slice of
+  `G // process_count` examples. Unless `drop_remainder`, the last global
+  batch of an epoch is padded to G with examples of weight 0 (label 0, image
+  all zeros after normalisation), so every example of the order is seen
+  exactly once per epoch and all batches have one shape.
+
+  A batch is a pure function of `(seed, epoch, step)`, whoever reads it and
+  in whatever order: the grain pipeline (`data.pipeline`) runs it in worker
+  processes, `epoch_batches` in a loop, with the same results. It is
+  picklable and caches the order of the last epoch it read.
+  """
+
+  def __init__(self, split: Split, *, global_batch_size: int, seed: int,
+               shuffle: bool, process_index: int = 0, process_count: int = 1,
+               augment_fn: Optional[AugmentFn] = None,
+               drop_remainder: bool = False, images_per_identity: int = 0):
+    """Checks the settings; reads nothing yet.
+
+    Args:
+      split: the split to batch.
+      global_batch_size: G, examples per step over all processes.
+      seed: data seed; with the epoch it fixes the order and augmentations.
+      shuffle: shuffle (training) or keep the stored order (evaluation).
+      process_index: this process, in `[0, process_count)`.
+      process_count: number of processes sharing each global batch.
+      augment_fn: optional `(uint8 images, rng) -> uint8 images`, e.g. from
+        `make_augment_fn`. Its rng depends on `(seed, epoch, step,
+        process_index)` only, so a resumed run repeats the same
+        augmentations.
+      drop_remainder: drop the last partial global batch of each epoch
+        instead of padding it.
+      images_per_identity: K > 0 (with `shuffle`): batches of runs of K
+        images of one identity (`identity_balanced_order`), for the pair
+        losses; `global_batch_size` must be a multiple of K. 0: a plain
+        shuffle.
+
+    Raises:
+      ValueError: G not divisible by `process_count`, a bad
+        `process_index`, a negative seed, or K without shuffling or not
+        dividing G.
+    """
+    if global_batch_size <= 0 or global_batch_size % process_count:
+      raise ValueError(
+          f'global_batch_size ({global_batch_size}) must be a positive '
+          f'multiple of process_count ({process_count}).')
+    if not 0 <= process_index < process_count:
+      raise ValueError(f'process_index must be in [0, {process_count}), got '
+                       f'{process_index}.')
+    if seed < 0:
+      raise ValueError(f'seed must be non-negative, got seed={seed}.')
+    if images_per_identity and (not shuffle or
+                                global_batch_size % images_per_identity):
+      raise ValueError(
+          f'images_per_identity={images_per_identity} needs shuffle=True and '
+          f'a global_batch_size ({global_batch_size}) that it divides.')
+    self.split = split
+    self.global_batch_size = global_batch_size
+    self.local_batch_size = global_batch_size // process_count
+    self.seed = seed
+    self.shuffle = shuffle
+    self.process_index = process_index
+    self.augment_fn = augment_fn
+    self.images_per_identity = images_per_identity
+    # Examples an epoch visits (P x K leaves out each identity's n % K).
+    self.epoch_length = (
+        balanced_epoch_length(split.labels, images_per_identity)
+        if images_per_identity else split.num_examples)
+    self.steps_per_epoch = steps_per_epoch(self.epoch_length,
+                                           global_batch_size, drop_remainder)
+    self._cached_epoch, self._cached_order = None, None
+
+  def epoch_order(self, epoch: int) -> np.ndarray:
+    """int64 (steps_per_epoch * G,) example indices of an epoch; -1: padding."""
+    if epoch < 0:
+      raise ValueError(f'epoch must be non-negative, got {epoch}.')
+    if epoch != self._cached_epoch:
+      if self.images_per_identity:
+        order = identity_balanced_order(
+            self.split.labels, images_per_identity=self.images_per_identity,
+            epoch=epoch, seed=self.seed)
+      else:
+        order = epoch_permutation(self.split.num_examples, epoch=epoch,
+                                  seed=self.seed, shuffle=self.shuffle)
+      # -1 marks padding; with it appended, every global batch is a full
+      # slice.
+      padded = np.full(self.steps_per_epoch * self.global_batch_size, -1,
+                       dtype=np.int64)
+      used = min(len(padded), len(order))
+      padded[:used] = order[:used]
+      self._cached_epoch, self._cached_order = epoch, padded
+    return self._cached_order
+
+  def read(self, epoch: int, step_in_epoch: int) -> Batch:
+    """Step `step_in_epoch` of `epoch`: see `epoch_batches` for the dict."""
+    begin = (step_in_epoch * self.global_batch_size
+             + self.process_index * self.local_batch_size)
+    indices = self.epoch_order(epoch)[begin:begin + self.local_batch_size]
+    valid = indices >= 0
+    # Padding rows read example 0 and are then zeroed: no ragged gathers.
+    safe = np.where(valid, indices, 0)
+    images = self.split.images[safe]
+    labels = np.where(valid, self.split.labels[safe], 0).astype(np.int32)
+    if self.augment_fn is not None:
+      rng = np.random.default_rng((self.seed, epoch, step_in_epoch,
+                                   self.process_index))
+      images = self.augment_fn(images, rng)
+    images = normalize_images(images)
+    images[~valid] = 0.0
+    return {'image': images, 'label': labels,
+            'weight': valid.astype(np.float32)}
+
+  def __call__(self, step: int) -> Batch:
+    """Global step `step`, counted across epochs."""
+    return self.read(*divmod(int(step), self.steps_per_epoch))
+
+  def __getstate__(self):
+    # The cached order is rebuilt where it is needed (a worker process).
+    return dict(self.__dict__, _cached_epoch=None, _cached_order=None)
+
+
 def epoch_batches(split: Split, *, global_batch_size: int, epoch: int,
                   seed: int, shuffle: bool, process_index: int = 0,
                   process_count: int = 1, start_step: int = 0,
@@ -192,13 +318,8 @@ def epoch_batches(split: Split, *, global_batch_size: int, epoch: int,
                   images_per_identity: int = 0) -> Iterator[Batch]:
   """Yields this process's share of each global batch of one epoch.
 
-  Global batch k is `order[k * G:(k + 1) * G]` with the order of
-  `epoch_permutation` (or `identity_balanced_order`); process p gets its
-  p-th contiguous slice of `G // process_count` examples. Unless
-  `drop_remainder`, the last global batch is padded to G with examples of
-  weight 0 (label 0, image all zeros after normalisation), so every example
-  of the order is seen exactly once per epoch and all batches have one
-  shape.
+  The batches of `BatchReader` (which documents the order, the shares and
+  the padding), read in a loop from `start_step` to the epoch's end.
 
   Args:
     split: the split to batch.
@@ -210,13 +331,9 @@ def epoch_batches(split: Split, *, global_batch_size: int, epoch: int,
     process_count: number of processes sharing each global batch.
     start_step: first step to yield; earlier steps are skipped without
       reading them (resuming mid-epoch from a checkpointed step).
-    augment_fn: optional `(uint8 images, rng) -> uint8 images`, e.g. from
-      `make_augment_fn`. Its rng depends on `(seed, epoch, step,
-      process_index)` only, so a resumed run repeats the same augmentations.
+    augment_fn: see `BatchReader`.
     drop_remainder: drop the last partial global batch instead of padding.
-    images_per_identity: K > 0 (with `shuffle`): batches of runs of K images
-      of one identity (`identity_balanced_order`), for the pair losses;
-      `global_batch_size` must be a multiple of K. 0: a plain shuffle.
+    images_per_identity: see `BatchReader`.
 
   Yields:
     Dicts with 'image' float32 (G // process_count, H, W, C) normalised by
@@ -224,56 +341,21 @@ def epoch_batches(split: Split, *, global_batch_size: int, epoch: int,
     both of shape (G // process_count,).
 
   Raises:
-    ValueError: G not divisible by `process_count`, bad `process_index`,
-      `start_step` outside `[0, steps_per_epoch]`, or a negative seed/epoch.
+    ValueError: the errors of `BatchReader`, `start_step` outside
+      `[0, steps_per_epoch]`, or a negative epoch.
   """
-  if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(
-        f'global_batch_size ({global_batch_size}) must be a positive multiple '
-        f'of process_count ({process_count}).')
-  if not 0 <= process_index < process_count:
-    raise ValueError(f'process_index must be in [0, {process_count}), got '
-                     f'{process_index}.')
-  if seed < 0 or epoch < 0:
-    raise ValueError(f'seed and epoch must be non-negative, got seed={seed}, '
-                     f'epoch={epoch}.')
-  if images_per_identity and (not shuffle or
-                              global_batch_size % images_per_identity):
-    raise ValueError(
-        f'images_per_identity={images_per_identity} needs shuffle=True and a '
-        f'global_batch_size ({global_batch_size}) that it divides.')
-  if images_per_identity:
-    order = identity_balanced_order(
-        split.labels, images_per_identity=images_per_identity, epoch=epoch,
-        seed=seed)
-  else:
-    order = epoch_permutation(split.num_examples, epoch=epoch, seed=seed,
-                              shuffle=shuffle)
-  num_steps = steps_per_epoch(len(order), global_batch_size, drop_remainder)
-  if not 0 <= start_step <= num_steps:
-    raise ValueError(f'start_step must be in [0, {num_steps}] (steps in this '
-                     f'epoch), got {start_step}.')
-
-  local_batch_size = global_batch_size // process_count
-  # -1 marks padding; with it appended, every global batch is a full slice.
-  padded = np.full(num_steps * global_batch_size, -1, dtype=np.int64)
-  used = min(len(padded), len(order))
-  padded[:used] = order[:used]
-  for step in range(start_step, num_steps):
-    begin = step * global_batch_size + process_index * local_batch_size
-    indices = padded[begin:begin + local_batch_size]
-    valid = indices >= 0
-    # Padding rows read example 0 and are then zeroed: no ragged gathers.
-    safe = np.where(valid, indices, 0)
-    images = split.images[safe]
-    labels = np.where(valid, split.labels[safe], 0).astype(np.int32)
-    if augment_fn is not None:
-      rng = np.random.default_rng((seed, epoch, step, process_index))
-      images = augment_fn(images, rng)
-    images = normalize_images(images)
-    images[~valid] = 0.0
-    yield {'image': images, 'label': labels,
-           'weight': valid.astype(np.float32)}
+  reader = BatchReader(
+      split, global_batch_size=global_batch_size, seed=seed, shuffle=shuffle,
+      process_index=process_index, process_count=process_count,
+      augment_fn=augment_fn, drop_remainder=drop_remainder,
+      images_per_identity=images_per_identity)
+  if epoch < 0:
+    raise ValueError(f'epoch must be non-negative, got epoch={epoch}.')
+  if not 0 <= start_step <= reader.steps_per_epoch:
+    raise ValueError(f'start_step must be in [0, {reader.steps_per_epoch}] '
+                     f'(steps in this epoch), got {start_step}.')
+  for step in range(start_step, reader.steps_per_epoch):
+    yield reader.read(epoch, step)
 
 
 def batch_shapes(dataset: Dataset, global_batch_size: int,

@@ -29,6 +29,7 @@ from centerloss_jax.data.image_files import DEFAULT_IMAGE_SHAPE
 from centerloss_jax.data.image_files import IMAGE_EXTENSIONS
 from centerloss_jax.data.image_files import ImageFiles
 from centerloss_jax.data.image_files import list_images
+from centerloss_jax.data import packed
 from centerloss_jax.data.types import Dataset
 from centerloss_jax.data.types import IdentificationSet
 from centerloss_jax.data.types import PairsSet
@@ -387,11 +388,13 @@ def load_identity_folders(
     probe_landmarks: Optional[str] = None,
     distractor_landmarks: Optional[str] = None,
     identification_name: str = 'megaface',
+    packed_dir: Optional[str] = None,
     train_subset: Optional[int] = None,
     test_subset: Optional[int] = None) -> Dataset:
   """A face `Dataset` from identity folders (plus optional open-set sets).
 
-  Images stay on disk (`ImageFiles`) until a batch reads them.
+  Images stay on disk (`ImageFiles`) until a batch reads them, or, with
+  `packed_dir`, are read ready-made from a pack (`pack_identity_folders`).
 
   Args:
     train_dir: root of the identity folders (`scan_identity_folders`).
@@ -422,6 +425,11 @@ def load_identity_folders(
     probe_landmarks: optional landmark list of the probes.
     distractor_landmarks: optional landmark list of the distractors.
     identification_name: the identification set's name in metrics.
+    packed_dir: a pack of `train_dir` made by `pack_identity_folders` (with
+      these `landmarks`, `image_shape` and `min_images_per_identity`): the
+      training and closed-set test images are read from it. With
+      `train_dir` given it must match the tree (`packed.StalePackError`
+      otherwise); None skips the check (a copy of the pack alone).
     train_subset: keep the first N training examples, for quick runs.
     test_subset: keep the first N test examples.
 
@@ -434,7 +442,7 @@ def load_identity_folders(
       errors of the readers above (FileNotFoundError for missing directories
       or files).
   """
-  if train_dir is None:
+  if train_dir is None and packed_dir is None:
     raise ValueError('train_dir is None; expected the root of the training '
                      'set, one sub-folder of images per identity.')
   image_shape = check_image_shape(image_shape)
@@ -445,16 +453,24 @@ def load_identity_folders(
   if test_split not in TEST_SPLITS:
     raise ValueError(f'test_split must be one of {TEST_SPLITS}, got '
                      f'{test_split!r}.')
-  paths, labels, names = scan_identity_folders(
-      train_dir, min_images_per_identity=int(min_images_per_identity))
+  if packed_dir is None:
+    images, labels, names = _identity_folder_images(
+        train_dir, image_shape=image_shape, landmarks=landmarks,
+        min_images_per_identity=int(min_images_per_identity))
+  else:
+    fingerprint = None
+    if train_dir is not None:
+      paths, _, _ = scan_identity_folders(
+          train_dir, min_images_per_identity=int(min_images_per_identity))
+      fingerprint = packed.source_fingerprint(
+          paths, train_dir, image_shape=image_shape, landmarks=landmarks)
+    images, labels, names = packed.open_pack(
+        packed_dir, image_shape=image_shape, fingerprint=fingerprint)
   num_classes = int(num_classes)
   if num_classes != len(names):
     raise ValueError(
-        f'num_classes={num_classes} but {len(names)} identity folders were '
-        f'found under {train_dir!r}; set num_classes to {len(names)}.')
-
-  if landmarks is not None:
-    landmarks = _landmarks_for(paths, train_dir, landmarks)
+        f'num_classes={num_classes} but {len(names)} identities were found '
+        f'in {packed_dir or train_dir!r}; set num_classes to {len(names)}.')
 
   is_test = _held_out_mask(labels, len(names), held_out, test_split,
                            seed=int(split_seed))
@@ -463,12 +479,11 @@ def load_identity_folders(
   for split, mask, subset in (('train', ~is_test, train_subset),
                               ('test', is_test, test_subset)):
     indices = np.flatnonzero(mask)
-    images = ImageFiles([paths[i] for i in indices], image_shape,
-                        None if landmarks is None else landmarks[indices])
-    images, split_labels = take_subset(images, labels[indices], subset,
-                                       split)
+    split_images, split_labels = take_subset(
+        images.subset(indices), labels[indices], subset, split)
     validate_labels(split_labels, num_classes, split)
-    splits[split] = Split(images=images, labels=split_labels, name=split)
+    splits[split] = Split(images=split_images, labels=split_labels,
+                          name=split)
 
   verification = None
   if (pairs_dir is None) != (pairs_file is None):
@@ -494,6 +509,61 @@ def load_identity_folders(
       num_classes=num_classes,
       class_names=names, image_shape=image_shape, verification=verification,
       identification=identification)
+
+
+def _identity_folder_images(
+    train_dir: str, *, image_shape: tuple[int, int, int],
+    landmarks: Optional[str], min_images_per_identity: int
+) -> Tuple[ImageFiles, np.ndarray, Tuple[str, ...]]:
+  """The lazy images, labels and identity names of a training tree."""
+  paths, labels, names = scan_identity_folders(
+      train_dir, min_images_per_identity=min_images_per_identity)
+  points = (None if landmarks is None else
+            _landmarks_for(paths, train_dir, landmarks))
+  return ImageFiles(paths, image_shape, points), labels, names
+
+
+def pack_identity_folders(
+    *, train_dir: str, out_dir: str,
+    image_shape: Sequence[int] = DEFAULT_IMAGE_SHAPE,
+    landmarks: Optional[str] = None, min_images_per_identity: int = 1,
+    images_per_shard: int = packed.DEFAULT_IMAGES_PER_SHARD,
+    num_workers: int = 0) -> dict:
+  """Decodes and aligns a training tree once into a pack (`data.packed`).
+
+  The images are those `load_identity_folders` reads with the same
+  arguments, in the same order; `load_identity_folders(packed_dir=out_dir)`
+  then reads them with no decode.
+
+  Args:
+    train_dir: the identity folders.
+    out_dir: the pack directory.
+    image_shape: (H, W, C) of the packed crops.
+    landmarks: the 5-landmark list to align with, or None.
+    min_images_per_identity: identities with fewer images are left out.
+    images_per_shard: images per shard file.
+    num_workers: worker processes decoding (0: this process).
+
+  Returns:
+    The pack's manifest.
+
+  Raises:
+    ValueError: an image that cannot be decoded or aligned (named); the
+      finished shards stay, and rerunning resumes after them.
+  """
+  image_shape = check_image_shape(image_shape)
+  images, labels, names = _identity_folder_images(
+      train_dir, image_shape=image_shape, landmarks=landmarks,
+      min_images_per_identity=int(min_images_per_identity))
+  source = {
+      'train_dir': os.path.abspath(train_dir), 'landmarks': landmarks,
+      'min_images_per_identity': int(min_images_per_identity),
+      'fingerprint': packed.source_fingerprint(
+          images.paths, train_dir, image_shape=image_shape,
+          landmarks=landmarks)}
+  return packed.pack_images(images, labels, names, out_dir, source=source,
+                            images_per_shard=images_per_shard,
+                            num_workers=num_workers)
 
 
 def load_identification_set(

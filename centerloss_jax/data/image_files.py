@@ -55,8 +55,8 @@ class ImageFiles:
   aspect ratio `W / H` and resized to (H, W) with PIL's bilinear filter.
 
   Indexing: an int gives one (H, W, C) ndarray; an integer array (any shape)
-  gives the stacked ndarray `index.shape + (H, W, C)`, decoded in a thread
-  pool (PIL releases the GIL while decoding); a slice gives a new lazy
+  gives the stacked ndarray `index.shape + (H, W, C)`, decoded one by one
+  (or by `num_threads` threads); a slice gives a new lazy
   `ImageFiles` over those files. `np.asarray(files)` reads everything.
 
   Attributes:
@@ -74,7 +74,7 @@ class ImageFiles:
   def __init__(self, paths: Sequence[str],
                image_shape: Sequence[int] = DEFAULT_IMAGE_SHAPE,
                landmarks: Optional[np.ndarray] = None, *,
-               num_threads: int = 8):
+               num_threads: int = 1):
     """Wraps `paths`; nothing is read until indexed.
 
     Args:
@@ -82,7 +82,10 @@ class ImageFiles:
       image_shape: (H, W, C) of the returned images, C in (1, 3).
       landmarks: None, or (N, 5, 2) finite (x, y) landmarks per image in the
         order of `alignment.TEMPLATE_112x96`.
-      num_threads: threads used to decode an array index (1: no pool).
+      num_threads: threads used to decode an array index (1: no pool, the
+        default: alignment holds the GIL, so 8 threads cost about 1.5x the
+        CPU of one for the same wall time; the input pipeline's worker
+        processes are the parallelism).
 
     Raises:
       ValueError: a bad image shape, landmarks of the wrong shape or with
@@ -195,6 +198,14 @@ class ImageFiles:
         for k, image in enumerate(pool.map(self.read, flat)):
           out[k] = image
     return out.reshape(indices.shape + self._image_shape)
+
+  def subset(self, indices: np.ndarray) -> ImageFiles:
+    """The images at `indices`, still lazy (with their landmarks)."""
+    indices = np.asarray(indices, np.int64)
+    return ImageFiles(
+        self.paths[indices], self._image_shape,
+        None if self.landmarks is None else self.landmarks[indices],
+        num_threads=self.num_threads)
 
   def __array__(self, dtype=None, copy=None):
     del copy  # A fresh array is always returned.

@@ -32,7 +32,7 @@ CONFIG_FILE = 'config.json'
 TRAJECTORY_FREE_FIELDS = ('log_every_steps', 'eval_every_steps',
                           'checkpoint_every_steps', 'keep_checkpoints',
                           'plot_features', 'parallel')
-TRAJECTORY_FREE_GROUPS = ('evaluation.', 'distributed.')
+TRAJECTORY_FREE_GROUPS = ('evaluation.', 'distributed.', 'pipeline.')
 # Fields of `config.input` that shape the trained weights (classifier and
 # centers, the first dense layer): evaluation cannot change them.
 EVALUATION_FIXED_INPUT_FIELDS = ('input.num_classes', 'input.image_shape')
@@ -92,6 +92,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
            '0 (random batches) or K >= 1')
   _require(config.parallel in parallel.MODES, 'parallel', config.parallel,
            f'one of {parallel.MODES}')
+  for field in ('num_workers', 'num_threads', 'prefetch', 'device_prefetch'):
+    value = config.pipeline[field]
+    _require(isinstance(value, int) and value >= 0, f'pipeline.{field}',
+             value, 'an integer >= 0')
 
 
 def check_workdir(workdir: str) -> str:

@@ -209,16 +209,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # K > 0: P x K batches for the pair losses (an epoch then leaves out each
   # identity's remainder of images, n % K, drawn anew every epoch).
-  images_per_identity = config.batch_images_per_identity
-  epoch_examples = dataset.train.num_examples
-  if images_per_identity:
-    epoch_examples = data.batching.balanced_epoch_length(
-        dataset.train.labels, images_per_identity)
-  steps_per_epoch = data.batching.steps_per_epoch(
-      epoch_examples, config.batch_size, drop_remainder=True)
+  train_batches = data.batching.BatchReader(
+      dataset.train, global_batch_size=config.batch_size, seed=config.seed,
+      shuffle=True, drop_remainder=True,
+      augment_fn=data.batching.make_augment_fn(
+          crop_padding=config.input.crop_padding, flip=config.input.flip),
+      images_per_identity=config.batch_images_per_identity,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  steps_per_epoch = train_batches.steps_per_epoch
   if steps_per_epoch == 0:
     raise ValueError(f'batch_size {config.batch_size} exceeds the '
-                     f'{epoch_examples} training examples of an epoch.')
+                     f'{train_batches.epoch_length} training examples of an '
+                     'epoch.')
   num_steps = state_lib.total_train_steps(config, steps_per_epoch)
   eval_every = (config.eval_every_steps if config.eval_every_steps > 0
                 else steps_per_epoch)
@@ -277,8 +279,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     eval_fn = dp.compile_eval_step(eval_step_fn)
     feature_fn = (compile_feature_step(dp, config)
                   if dataset.verification or dataset.identification else None)
-    augment_fn = data.batching.make_augment_fn(
-        crop_padding=config.input.crop_padding, flip=config.input.flip)
     evaluate = functools.partial(_evaluate_and_write, eval_fn, feature_fn, dp,
                                  dataset=dataset, config=config,
                                  writer=writer, workdir=workdir)
@@ -286,42 +286,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                              steps_per_epoch=steps_per_epoch)
     signals = run.enter_context(lifecycle.PreemptionSignals())
 
+    batches = _input_pipeline(run, train_batches, dp, config.pipeline,
+                              first_step=start_step, num_steps=num_steps)
     step, interval, interval_start = start_step, [], time.perf_counter()
-    final = None
+    input_wait, final = 0.0, None
     while step < num_steps and signals.received is None:
-      position = _data_position(step, steps_per_epoch)
-      batches = data.epoch_batches(
-          dataset.train, global_batch_size=config.batch_size,
-          epoch=position['epoch'], seed=config.seed, shuffle=True,
-          start_step=position['step_in_epoch'], augment_fn=augment_fn,
-          drop_remainder=True, images_per_identity=images_per_identity,
-          process_index=jax.process_index(),
-          process_count=jax.process_count())
-      for batch in batches:
-        state, step_metrics = train_fn(state, dp.put_batch(batch))
-        interval.append(step_metrics)
-        step += 1
-        if step % config.log_every_steps == 0 or step == num_steps:
-          summary = _check_finite_and_summarize(interval, step - len(interval))
-          elapsed = time.perf_counter() - interval_start
-          summary['steps_per_second'] = len(interval) / elapsed
-          summary['learning_rate'] = float(learning_rate_fn(step - 1))
-          writer.write_scalars(step, {f'train/{k}': v
-                                      for k, v in summary.items()})
-          logging.info('step %d/%d, %.2f steps/s, ETA %s', step, num_steps,
-                       summary['steps_per_second'], _format_seconds(
-                           (num_steps - step) / summary['steps_per_second']))
-          interval, interval_start = [], time.perf_counter()
-        # Save before evaluating: an evaluation that crashes (a corrupt test
-        # image) must not lose the steps since the last checkpoint.
-        if step % config.checkpoint_every_steps == 0 or step == num_steps:
-          save(state, interval, step=step)
-        if step % eval_every == 0 or step == num_steps:
-          final = evaluate(state, step)
-        if not interval:  # Steps/s measures training, not eval or saving.
-          interval_start = time.perf_counter()
-        if step >= num_steps or signals.received is not None:
-          break
+      # Time blocked on input: the pipeline, not the model, is the
+      # bottleneck when this is a large part of the step time.
+      wait_start = time.perf_counter()
+      batch = next(batches)
+      input_wait += time.perf_counter() - wait_start
+      state, step_metrics = train_fn(state, batch)
+      interval.append(step_metrics)
+      step += 1
+      if step % config.log_every_steps == 0 or step == num_steps:
+        summary = _check_finite_and_summarize(interval, step - len(interval))
+        elapsed = time.perf_counter() - interval_start
+        summary['steps_per_second'] = len(interval) / elapsed
+        summary['input_wait_ms'] = 1000 * input_wait / len(interval)
+        summary['input_wait_fraction'] = input_wait / elapsed
+        summary['learning_rate'] = float(learning_rate_fn(step - 1))
+        writer.write_scalars(step, {f'train/{k}': v
+                                    for k, v in summary.items()})
+        logging.info('step %d/%d, %.2f steps/s (%.0f%% waiting for input), '
+                     'ETA %s', step, num_steps, summary['steps_per_second'],
+                     100 * summary['input_wait_fraction'], _format_seconds(
+                         (num_steps - step) / summary['steps_per_second']))
+        interval, interval_start, input_wait = [], time.perf_counter(), 0.0
+      # Save before evaluating: an evaluation that crashes (a corrupt test
+      # image) must not lose the steps since the last checkpoint.
+      if step % config.checkpoint_every_steps == 0 or step == num_steps:
+        save(state, interval, step=step)
+      if step % eval_every == 0 or step == num_steps:
+        final = evaluate(state, step)
+      if not interval:  # Steps/s measures training, not eval or saving.
+        interval_start = time.perf_counter()
     if signals.received is not None:
       save(state, interval, step=step)
       writer.flush()
@@ -331,6 +330,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     manager.wait_until_finished()
     writer.flush()
   return final['metrics']
+
+
+def _input_pipeline(run: contextlib.ExitStack,
+                    train_batches: data.batching.BatchReader,
+                    dp: parallel.DataParallel,
+                    pipeline_config: ml_collections.ConfigDict, *,
+                    first_step: int, num_steps: int):
+  """The placed batches of steps `first_step..num_steps - 1`, made ahead.
+
+  The grain pipeline (`data.pipeline`, closed when `run` ends) and the
+  transfers to the devices (`parallel.prefetch_to_devices`).
+  """
+  if first_step >= num_steps:
+    return iter(())
+  host_batches = data.pipeline.batch_iterator(
+      train_batches, first_step=first_step, num_steps=num_steps,
+      num_workers=pipeline_config.num_workers,
+      num_threads=pipeline_config.num_threads,
+      prefetch=pipeline_config.prefetch)
+  run.callback(lifecycle.close_within, CLOSE_SECONDS, host_batches.close,
+               'input pipeline')
+  return parallel.prefetch_to_devices(host_batches, dp.put_batch,
+                                      size=pipeline_config.device_prefetch)
 
 
 def _data_position(step: int, steps_per_epoch: int) -> dict[str, int]:

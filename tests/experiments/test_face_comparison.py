@@ -165,7 +165,9 @@ def own_face_dataset_run(tmp_path_factory):
       '--config.batch_size=16', '--config.learning_rate=0.01',
       '--config.schedule=cosine', '--config.num_train_steps=6',
       '--config.log_every_steps=3', '--config.eval_every_steps=6',
-      '--config.checkpoint_every_steps=3')
+      '--config.checkpoint_every_steps=3',
+      # Batches decoded and aligned by two grain worker processes.
+      '--config.pipeline.num_workers=2')
   with open(workdir / 'metrics.jsonl') as f:
     records = [json.loads(line) for line in f]
   return root, workdir, records

@@ -61,6 +61,11 @@ def test_run_writes_metrics_plot_and_checkpoints(finished_run):
   rates = [r['train/learning_rate'] for r in records
            if 'train/learning_rate' in r]
   assert rates and all(rate == pytest.approx(0.01) for rate in rates)
+  # How long each step waited for its input: the bottleneck, visible.
+  waits = [r for r in records if 'train/input_wait_ms' in r]
+  assert len(waits) == len(rates)
+  assert all(r['train/input_wait_ms'] >= 0 for r in waits)
+  assert all(0 <= r['train/input_wait_fraction'] <= 1 for r in waits)
   assert any(name.startswith('events.out.tfevents')
              for name in os.listdir(workdir))
   assert sorted(int(s) for s in os.listdir(
@@ -173,9 +178,10 @@ def _latest_checkpoint(workdir):
   return max([int(s) for s in os.listdir(directory) if s.isdigit()] or [0])
 
 
-def _run_until_checkpoint_then(sig, data_dir, workdir, min_step):
+def _run_until_checkpoint_then(sig, data_dir, workdir, min_step, *extra):
   """Starts main, sends `sig` once a checkpoint >= min_step exists."""
-  process = subprocess.Popen(_main_command(data_dir, workdir), cwd=REPO_ROOT,
+  process = subprocess.Popen(_main_command(data_dir, workdir, *extra),
+                             cwd=REPO_ROOT,
                              stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
   deadline = time.time() + 180
@@ -200,7 +206,8 @@ def _final_state(workdir, data_dir):
 def test_preempted_then_killed_run_resumes_to_the_same_result(
     tiny_idx_dir, tmp_path):
   """SIGTERM (preemption), rerun, SIGKILL mid-run, rerun: same result as an
-  uninterrupted run."""
+  uninterrupted run, though each part runs another input pipeline (no
+  threads, 2 worker processes, 1 thread): the data position is the step."""
   num_steps = 6 * 8
   reference = str(tmp_path / 'reference')
   subprocess.run(_main_command(tiny_idx_dir, reference), cwd=REPO_ROOT,
@@ -208,13 +215,15 @@ def test_preempted_then_killed_run_resumes_to_the_same_result(
 
   interrupted = str(tmp_path / 'interrupted')
   returncode = _run_until_checkpoint_then(signal.SIGTERM, tiny_idx_dir,
-                                          interrupted, 8)
+                                          interrupted, 8,
+                                          '--config.pipeline.num_threads=0')
   assert returncode == 143, 'SIGTERM should save, then exit 143 (preempted)'
   preempted_at = _latest_checkpoint(interrupted)
   assert preempted_at < num_steps
   # The resumed run is killed after its next checkpoint (every 4 steps).
   _run_until_checkpoint_then(signal.SIGKILL, tiny_idx_dir, interrupted,
-                             preempted_at + 4)
+                             preempted_at + 4,
+                             '--config.pipeline.num_workers=2')
   assert preempted_at < _latest_checkpoint(interrupted) < num_steps
 
   subprocess.run(_main_command(tiny_idx_dir, interrupted), cwd=REPO_ROOT,
