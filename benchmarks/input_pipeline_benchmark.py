@@ -40,6 +40,7 @@ from centerloss_jax.data import alignment
 from centerloss_jax.data import batching
 from centerloss_jax.data import face_folders
 from centerloss_jax.data import mnist
+from centerloss_jax.data import packing
 from centerloss_jax.data import pipeline
 from centerloss_jax.data import synthetic_faces
 
@@ -125,7 +126,7 @@ def main(argv):
   landmarks = write_tree(root)
   pack_dir = os.path.join(_WORKDIR.value, 'pack')
   start = time.perf_counter()
-  face_folders.pack_identity_folders(train_dir=root, out_dir=pack_dir,
+  packing.pack_identity_folders(train_dir=root, out_dir=pack_dir,
                                      image_shape=SHAPE, landmarks=landmarks)
   print(f'pack ready in {time.perf_counter() - start:.1f} s '
         '(0 if it was already packed)\n')

@@ -22,7 +22,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-from centerloss_jax.data import face_folders
+from centerloss_jax.data import packing
 from centerloss_jax.training import lifecycle
 
 FLAGS = flags.FLAGS
@@ -47,7 +47,7 @@ def _pack() -> None:
   if config.source != 'identity_folders':
     raise ValueError(f'input.source={config.source!r}: only '
                      "'identity_folders' training trees are packed.")
-  manifest = face_folders.pack_identity_folders(
+  manifest = packing.pack_identity_folders(
       train_dir=config.train_dir, out_dir=FLAGS.out_dir,
       image_shape=config.image_shape, landmarks=config.landmarks,
       min_images_per_identity=config.min_images_per_identity,

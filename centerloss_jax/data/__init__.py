@@ -10,6 +10,7 @@ All of it runs on the host in numpy; the trainer moves batches to devices.
 * `synthetic_faces`: the offline synthetic identity set.
 * `batching`: deterministic, per-process, padded batches of a split.
 * `pipeline`: the same batches made ahead by grain, in worker processes.
+* `packed`, `packing`: face trees decoded and aligned once, read memory-mapped.
 """
 
 from centerloss_jax.data import alignment
@@ -18,6 +19,8 @@ from centerloss_jax.data.batching import epoch_batches
 from centerloss_jax.data import face_folders
 from centerloss_jax.data import image_files
 from centerloss_jax.data import mnist
+from centerloss_jax.data import packed
+from centerloss_jax.data import packing
 from centerloss_jax.data import pipeline
 from centerloss_jax.data import registry
 from centerloss_jax.data.registry import load_dataset
@@ -42,6 +45,8 @@ __all__ = [
     'image_files',
     'load_dataset',
     'mnist',
+    'packed',
+    'packing',
     'pipeline',
     'registry',
     'synthetic_faces',

@@ -394,7 +394,8 @@ def load_identity_folders(
   """A face `Dataset` from identity folders (plus optional open-set sets).
 
   Images stay on disk (`ImageFiles`) until a batch reads them, or, with
-  `packed_dir`, are read ready-made from a pack (`pack_identity_folders`).
+  `packed_dir`, are read ready-made from a pack
+  (`packing.pack_identity_folders`).
 
   Args:
     train_dir: root of the identity folders (`scan_identity_folders`).
@@ -425,7 +426,8 @@ def load_identity_folders(
     probe_landmarks: optional landmark list of the probes.
     distractor_landmarks: optional landmark list of the distractors.
     identification_name: the identification set's name in metrics.
-    packed_dir: a pack of `train_dir` made by `pack_identity_folders` (with
+    packed_dir: a pack of `train_dir` made by
+      `packing.pack_identity_folders` (with
       these `landmarks`, `image_shape` and `min_images_per_identity`): the
       training and closed-set test images are read from it. With
       `train_dir` given it must match the tree (`packed.StalePackError`
@@ -454,7 +456,7 @@ def load_identity_folders(
     raise ValueError(f'test_split must be one of {TEST_SPLITS}, got '
                      f'{test_split!r}.')
   if packed_dir is None:
-    images, labels, names = _identity_folder_images(
+    images, labels, names = identity_folder_images(
         train_dir, image_shape=image_shape, landmarks=landmarks,
         min_images_per_identity=int(min_images_per_identity))
   else:
@@ -511,7 +513,7 @@ def load_identity_folders(
       identification=identification)
 
 
-def _identity_folder_images(
+def identity_folder_images(
     train_dir: str, *, image_shape: tuple[int, int, int],
     landmarks: Optional[str], min_images_per_identity: int
 ) -> Tuple[ImageFiles, np.ndarray, Tuple[str, ...]]:
@@ -521,49 +523,6 @@ def _identity_folder_images(
   points = (None if landmarks is None else
             _landmarks_for(paths, train_dir, landmarks))
   return ImageFiles(paths, image_shape, points), labels, names
-
-
-def pack_identity_folders(
-    *, train_dir: str, out_dir: str,
-    image_shape: Sequence[int] = DEFAULT_IMAGE_SHAPE,
-    landmarks: Optional[str] = None, min_images_per_identity: int = 1,
-    images_per_shard: int = packed.DEFAULT_IMAGES_PER_SHARD,
-    num_workers: int = 0) -> dict:
-  """Decodes and aligns a training tree once into a pack (`data.packed`).
-
-  The images are those `load_identity_folders` reads with the same
-  arguments, in the same order; `load_identity_folders(packed_dir=out_dir)`
-  then reads them with no decode.
-
-  Args:
-    train_dir: the identity folders.
-    out_dir: the pack directory.
-    image_shape: (H, W, C) of the packed crops.
-    landmarks: the 5-landmark list to align with, or None.
-    min_images_per_identity: identities with fewer images are left out.
-    images_per_shard: images per shard file.
-    num_workers: worker processes decoding (0: this process).
-
-  Returns:
-    The pack's manifest.
-
-  Raises:
-    ValueError: an image that cannot be decoded or aligned (named); the
-      finished shards stay, and rerunning resumes after them.
-  """
-  image_shape = check_image_shape(image_shape)
-  images, labels, names = _identity_folder_images(
-      train_dir, image_shape=image_shape, landmarks=landmarks,
-      min_images_per_identity=int(min_images_per_identity))
-  source = {
-      'train_dir': os.path.abspath(train_dir), 'landmarks': landmarks,
-      'min_images_per_identity': int(min_images_per_identity),
-      'fingerprint': packed.source_fingerprint(
-          images.paths, train_dir, image_shape=image_shape,
-          landmarks=landmarks)}
-  return packed.pack_images(images, labels, names, out_dir, source=source,
-                            images_per_shard=images_per_shard,
-                            num_workers=num_workers)
 
 
 def load_identification_set(

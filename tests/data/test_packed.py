@@ -13,6 +13,7 @@ import pytest
 from centerloss_jax.data import alignment
 from centerloss_jax.data import face_folders
 from centerloss_jax.data import packed
+from centerloss_jax.data import packing
 import repo_paths
 
 SHAPE = (28, 24, 3)
@@ -51,7 +52,7 @@ def _load(root, landmarks, **kwargs):
 def test_packed_images_equal_the_decoded_and_aligned_folders(tmp_path):
   root = tmp_path / 'tree'
   landmarks = _write_tree(str(root))
-  manifest = face_folders.pack_identity_folders(
+  manifest = packing.pack_identity_folders(
       out_dir=str(tmp_path / 'pack'), images_per_shard=5,
       **_settings(root, landmarks))
   assert manifest['num_images'] == 12 and len(manifest['shards']) == 3
@@ -79,7 +80,7 @@ def test_stale_or_corrupt_packs_are_refused(tmp_path):
   root = tmp_path / 'tree'
   landmarks = _write_tree(str(root))
   pack_dir = str(tmp_path / 'pack')
-  face_folders.pack_identity_folders(out_dir=pack_dir, images_per_shard=5,
+  packing.pack_identity_folders(out_dir=pack_dir, images_per_shard=5,
                                      **_settings(root, landmarks))
   with pytest.raises(packed.StalePackError, match=r'shape \(28, 24, 3\).*'
                      r'expects \(56, 48, 3\)'):
@@ -92,7 +93,7 @@ def test_stale_or_corrupt_packs_are_refused(tmp_path):
   with pytest.raises(packed.StalePackError, match='another state of'):
     _load(root, landmarks, packed_dir=pack_dir)
   # Repacking refreshes it; then a flipped byte in a shard is caught.
-  face_folders.pack_identity_folders(out_dir=pack_dir, images_per_shard=5,
+  packing.pack_identity_folders(out_dir=pack_dir, images_per_shard=5,
                                      **_settings(root, landmarks))
   _load(root, landmarks, packed_dir=pack_dir)
   shard = os.path.join(pack_dir, 'images-00001.u8')
