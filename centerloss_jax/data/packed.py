@@ -320,7 +320,8 @@ def open_pack(pack_dir: str, *, image_shape: Sequence[int],
     raise StalePackError(
         f'{pack_dir} was packed from another state of '
         f'{manifest["source"].get("train_dir")} (files added, removed or '
-        'modified since, or another landmark list): repack it with python -m '
+        'modified since, another landmark list, or another '
+        'min_images_per_identity): repack it with python -m '
         'centerloss_jax.pack.')
   image_bytes = int(np.prod(image_shape))
   for shard in manifest['shards']:
