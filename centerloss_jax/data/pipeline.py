@@ -21,6 +21,10 @@ of the step is the trainer's (`training.parallel.prefetch_to_devices`).
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+
 from absl import flags
 import grain
 
@@ -61,6 +65,27 @@ def batch_iterator(reader: BatchReader, *, first_step: int, num_steps: int,
   dataset = dataset.to_iter_dataset(grain.ReadOptions(
       num_threads=num_threads, prefetch_buffer_size=prefetch))
   if num_workers:
-    dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=num_workers, per_worker_buffer_size=max(prefetch, 1)))
+    dataset = dataset.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=num_workers,
+                                     per_worker_buffer_size=max(prefetch, 1)),
+        worker_init_fn=exit_with_parent)
   return iter(dataset)
+
+
+def exit_with_parent(worker_index: int, worker_count: int) -> None:
+  """Ends a worker process once its parent is gone (`worker_init_fn`).
+
+  A training process killed outright (SIGKILL, the OOM killer) cannot close
+  its pipeline, and grain's workers would then live on, orphaned, holding
+  their memory. Each worker watches its parent's pid instead and exits
+  within a second of it changing (the orphan is re-parented).
+  """
+  del worker_index, worker_count
+  parent = os.getppid()
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(1.0)
+    os._exit(1)  # pylint: disable=protected-access
+
+  threading.Thread(target=watch, name='exit with parent', daemon=True).start()

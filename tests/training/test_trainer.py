@@ -10,6 +10,7 @@ import time
 
 import jax
 import numpy as np
+import psutil
 import pytest
 
 from centerloss_jax import training
@@ -179,7 +180,11 @@ def _latest_checkpoint(workdir):
 
 
 def _run_until_checkpoint_then(sig, data_dir, workdir, min_step, *extra):
-  """Starts main, sends `sig` once a checkpoint >= min_step exists."""
+  """Starts main, sends `sig` once a checkpoint >= min_step exists.
+
+  Returns the exit code, once the run and every process it started (input
+  pipeline workers) have ended.
+  """
   process = subprocess.Popen(_main_command(data_dir, workdir, *extra),
                              cwd=REPO_ROOT,
                              stdout=subprocess.DEVNULL,
@@ -190,8 +195,13 @@ def _run_until_checkpoint_then(sig, data_dir, workdir, min_step, *extra):
       assert process.poll() is None, 'run ended before it could be stopped'
       assert time.time() < deadline, 'no checkpoint within 180 s'
       time.sleep(0.2)
+    children = psutil.Process(process.pid).children(recursive=True)
     process.send_signal(sig)
-    return process.wait(timeout=120)
+    code = process.wait(timeout=120)
+    # Even a SIGKILLed run leaves no worker behind (they watch their parent).
+    _, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, f'processes left running after {sig!r}: {alive}'
+    return code
   finally:
     if process.poll() is None:
       process.kill()
