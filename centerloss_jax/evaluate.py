@@ -169,7 +169,8 @@ def evaluate_checkpoint(
       raise FileNotFoundError(
           f'No {run_config.CONFIG_FILE} in {workdir} to read the run\'s '
           'config from; pass the config it was trained with.')
-  run_config.check_evaluation_config(workdir, config)
+  else:  # The stored config itself needs no comparison with itself.
+    run_config.check_evaluation_config(workdir, config)
   dataset = trainer.load_dataset(config.input)
   if dataset.verification is None and dataset.identification is None:
     raise ValueError(

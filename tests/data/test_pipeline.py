@@ -128,6 +128,6 @@ def test_prefetch_to_devices_keeps_the_order_and_places_ahead():
     placed.append(batch)
     return batch * 10
 
-  batches = parallel.prefetch_to_devices(iter(range(5)), put, size=2)
-  assert next(batches) == 0 and placed == [0, 1]  # One transfer ahead.
-  assert list(batches) == [10, 20, 30, 40]
+  batches = parallel.prefetch_to_devices(iter(range(1, 6)), put, size=2)
+  assert next(batches) == 10 and placed == [1, 2]  # One transfer ahead.
+  assert list(batches) == [20, 30, 40, 50]
