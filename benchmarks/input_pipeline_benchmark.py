@@ -32,17 +32,13 @@ import time
 
 from absl import app
 from absl import flags
-import numpy as np
-from PIL import Image
 import psutil
 
-from centerloss_jax.data import alignment
+from benchmarks import face_tree
 from centerloss_jax.data import batching
 from centerloss_jax.data import face_folders
 from centerloss_jax.data import mnist
-from centerloss_jax.data import packing
 from centerloss_jax.data import pipeline
-from centerloss_jax.data import synthetic_faces
 
 _WORKDIR = flags.DEFINE_string('workdir', 'runs/input_benchmark',
                                'Where the JPEG tree and its pack are kept.')
@@ -57,34 +53,6 @@ _BATCHES = flags.DEFINE_integer('num_batches', 40, 'Batches timed per run.')
 _WORKERS = flags.DEFINE_list('workers', ['0', '1', '2', '4'],
                              'Worker-process counts of the pipeline rows.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Runs per row (median).')
-
-SHAPE = (112, 96, 3)
-
-
-def write_tree(root: str) -> str:
-  """The JPEG tree and its landmark list (kept if already there)."""
-  landmarks = os.path.join(root, 'landmarks.txt')
-  if os.path.exists(landmarks):
-    return landmarks
-  size = _IMAGE_SIZE.value
-  params = synthetic_faces.make_identities(_IDENTITIES.value, seed=0)
-  points = alignment.scale_template((size, size)).reshape(-1)
-  lines = []
-  for identity in params.identity_ids:
-    images = synthetic_faces.render(
-        params, [identity] * _IMAGES_EACH.value, image_shape=(size, size, 3),
-        seed=0)
-    folder = os.path.join(root, f'id_{identity:04d}')
-    os.makedirs(folder, exist_ok=True)
-    for number, image in enumerate(images):
-      relative = f'id_{identity:04d}/{number:03d}.jpg'
-      Image.fromarray(image).save(os.path.join(root, relative), quality=90)
-      lines.append(relative + ' ' + ' '.join(f'{v:.2f}' for v in points))
-  with open(landmarks + '.tmp', 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  os.replace(landmarks + '.tmp', landmarks)
-  return landmarks
-
 
 def _cpu_seconds_by_process() -> dict[int, float]:
   """User + system seconds of this process and each live child, by pid."""
@@ -123,20 +91,21 @@ def measure(make_batches) -> tuple[float, float]:
 def main(argv):
   del argv
   root = os.path.join(_WORKDIR.value, 'jpeg_tree')
-  landmarks = write_tree(root)
+  landmarks = face_tree.write_tree(
+      root, num_identities=_IDENTITIES.value,
+      images_per_identity=_IMAGES_EACH.value, image_size=_IMAGE_SIZE.value)
   pack_dir = os.path.join(_WORKDIR.value, 'pack')
   start = time.perf_counter()
-  packing.pack_identity_folders(train_dir=root, out_dir=pack_dir,
-                                     image_shape=SHAPE, landmarks=landmarks)
+  face_tree.pack_tree(root, landmarks, pack_dir)
   print(f'pack ready in {time.perf_counter() - start:.1f} s '
         '(0 if it was already packed)\n')
   steps = _BATCHES.value + 1
   splits = {
       'folders (JPEG, aligned)': face_folders.load_identity_folders(
-          train_dir=root, landmarks=landmarks, image_shape=SHAPE,
+          train_dir=root, landmarks=landmarks, image_shape=face_tree.SHAPE,
           num_classes=_IDENTITIES.value, test_images_per_identity=0).train,
       'packed records': face_folders.load_identity_folders(
-          train_dir=root, landmarks=landmarks, image_shape=SHAPE,
+          train_dir=root, landmarks=landmarks, image_shape=face_tree.SHAPE,
           num_classes=_IDENTITIES.value, test_images_per_identity=0,
           packed_dir=pack_dir).train,
       'IDX arrays (28x28x1)': mnist.load_idx_dataset(num_classes=10).train,

@@ -11,8 +11,10 @@ with no decode and no alignment (`centerloss_jax.data.packed`). The pack is
 made from the config's `input.train_dir`, `landmarks`, `image_shape` and
 `min_images_per_identity`; a run whose tree or settings differ from the
 pack's is refused (repack). Interrupted, the same command resumes after the
-last finished shard. The verification and identification sets stay in their
-folders (a few thousand images, read at evaluation only).
+last finished shard. With `input.pairs_dir` and `input.pairs_file` set, the
+verification set's images (LFW) are packed too, into
+`<out_dir>/pairs_<pairs_name>`, where the trainer finds them (aligned with
+`input.pairs_landmarks`); the identification sets stay in their folders.
 
 Exit codes as `centerloss_jax.main`: 0 done, 1 on failure with the reason
 (e.g. the corrupt image's path) on the last line of stderr.
@@ -22,6 +24,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from centerloss_jax.data import packed
 from centerloss_jax.data import packing
 from centerloss_jax.training import lifecycle
 
@@ -54,8 +57,18 @@ def _pack() -> None:
       images_per_shard=FLAGS.images_per_shard,
       num_workers=FLAGS.num_workers)
   print(f'Packed {manifest["num_images"]} images of '
-        f'{len(manifest["identities"])} identities into {FLAGS.out_dir}; '
-        f'train with --config.input.packed_dir={FLAGS.out_dir}')
+        f'{len(manifest["identities"])} identities into {FLAGS.out_dir}')
+  if config.pairs_dir is not None and config.pairs_file is not None:
+    pairs_dir = packed.pairs_pack_dir(FLAGS.out_dir, config.pairs_name)
+    manifest = packing.pack_pairs_set(
+        pairs_dir=config.pairs_dir, pairs_file=config.pairs_file,
+        out_dir=pairs_dir, image_shape=config.image_shape,
+        landmarks=config.pairs_landmarks,
+        images_per_shard=FLAGS.images_per_shard,
+        num_workers=FLAGS.num_workers)
+    print(f'Packed the {manifest["num_images"]} {config.pairs_name} pair '
+          f'images into {pairs_dir}')
+  print(f'Train with --config.input.packed_dir={FLAGS.out_dir}')
 
 
 if __name__ == '__main__':

@@ -119,11 +119,10 @@ def main(process_id, num_processes, port, mode, workdir, action):
     if process_id == 0:
       np.save(os.path.join(workdir, 'features.npy'), features)
     state = dp.host_state(placed)
-    checkpointing.save(manager, state, step=NUM_STEPS,
-                       data_position={'epoch': 0, 'step_in_epoch': NUM_STEPS})
+    checkpointing.save(manager, state, step=NUM_STEPS)
     name = 'result.npz'
   else:
-    state, _ = checkpointing.restore_latest(manager, _state())
+    state = checkpointing.restore_latest(manager, _state())
     name = 'restored.npz'
   arrays = to_numpy(state)
   manager.close()

@@ -163,7 +163,8 @@ def _landmarks_for(paths: Sequence[str], root: str, landmarks_path: str
                    ) -> np.ndarray:
   """(N, 5, 2) landmarks of `paths` from the list, or a ValueError."""
   table = read_landmarks(landmarks_path, root)
-  keys = [_relative_key(p, root) for p in paths]
+  # The paths are under `root` (joined to it, so relative when it is).
+  keys = [os.path.normpath(os.path.relpath(p, root)) for p in paths]
   missing = [k for k in keys if k not in table]
   if missing:
     raise ValueError(
@@ -309,8 +310,8 @@ def _find_pair_image(root: str, name: str, number: int,
 def load_pairs_set(root: str, pairs_path: str, *,
                    image_shape: Sequence[int] = DEFAULT_IMAGE_SHAPE,
                    landmarks_path: Optional[str] = None, name: str = 'lfw',
-                   extensions: Sequence[str] = ('.jpg', '.png', '.jpeg')
-                   ) -> PairsSet:
+                   extensions: Sequence[str] = ('.jpg', '.png', '.jpeg'),
+                   packed_dir: Optional[str] = None) -> PairsSet:
   """A verification `PairsSet` from an image folder and a pairs file.
 
   Args:
@@ -321,10 +322,14 @@ def load_pairs_set(root: str, pairs_path: str, *,
       to `root`) to align the images; None centre-crops them.
     name: the set's name, e.g. 'lfw'.
     extensions: image file endings tried, in order, for each image.
+    packed_dir: a pack of these images (`packing.pack_pairs_set`, with
+      these `image_shape` and `landmarks_path`), read instead of decoding;
+      refused (`packed.StalePackError`) if the images or settings changed.
 
   Returns:
-    A `PairsSet` whose images are a lazy `ImageFiles` of each distinct image
-    once, in order of first appearance in the pairs file.
+    A `PairsSet` whose images are each distinct image once, in order of
+    first appearance in the pairs file: a lazy `ImageFiles`, or the pack's
+    `PackedImages`.
 
   Raises:
     FileNotFoundError: an image of a pair does not exist (named).
@@ -347,9 +352,15 @@ def load_pairs_set(root: str, pairs_path: str, *,
   right = np.array([index_of(n, i) for n, i in zip(pairs.right_name,
                                                     pairs.right_number)],
                    dtype=np.int64)
-  landmarks = (None if landmarks_path is None else
-               _landmarks_for(paths, root, landmarks_path))
-  images = ImageFiles(paths, image_shape, landmarks)
+  if packed_dir is None:
+    landmarks = (None if landmarks_path is None else
+                 _landmarks_for(paths, root, landmarks_path))
+    images = ImageFiles(paths, image_shape, landmarks)
+  else:
+    images, _, _ = packed.open_pack(
+        packed_dir, image_shape=image_shape,
+        fingerprint=packed.source_fingerprint(
+            paths, root, image_shape=image_shape, landmarks=landmarks_path))
   return PairsSet(images=images, left=left, right=right,
                                  is_same=pairs.is_same, fold=pairs.fold,
                                  name=name)
@@ -431,7 +442,10 @@ def load_identity_folders(
       these `landmarks`, `image_shape` and `min_images_per_identity`): the
       training and closed-set test images are read from it. With
       `train_dir` given it must match the tree (`packed.StalePackError`
-      otherwise); None skips the check (a copy of the pack alone).
+      otherwise); None skips the check (a copy of the pack alone). The
+      verification images are read from its `pairs_<pairs_name>` pack
+      when the pack command made one (`packed.pairs_pack_dir`), checked
+      against `pairs_dir` the same way.
     train_subset: keep the first N training examples, for quick runs.
     test_subset: keep the first N test examples.
 
@@ -493,9 +507,13 @@ def load_identity_folders(
         'pairs_dir and pairs_file must be set together (or both None), got '
         f'pairs_dir={pairs_dir!r}, pairs_file={pairs_file!r}.')
   if pairs_dir is not None:
+    pairs_pack = (None if packed_dir is None else
+                  packed.pairs_pack_dir(packed_dir, pairs_name))
     verification = load_pairs_set(
         pairs_dir, pairs_file, image_shape=image_shape,
-        landmarks_path=pairs_landmarks, name=pairs_name)
+        landmarks_path=pairs_landmarks, name=pairs_name,
+        packed_dir=pairs_pack if pairs_pack and os.path.isdir(pairs_pack)
+        else None)
   identification = None
   if (probe_dir is None) != (distractor_dir is None):
     raise ValueError(

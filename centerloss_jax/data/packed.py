@@ -100,7 +100,8 @@ def _write_json(path: str, value: Any) -> None:
 
 
 def pack_images(images: ImageFiles, labels: np.ndarray,
-                identities: Sequence[str], out_dir: str, *, source: dict,
+                identities: Sequence[str], out_dir: str, *, root: str,
+                source: dict,
                 images_per_shard: int = DEFAULT_IMAGES_PER_SHARD,
                 num_workers: int = 0) -> dict:
   """Decodes (and aligns) every image of `images` into a pack in `out_dir`.
@@ -111,6 +112,7 @@ def pack_images(images: ImageFiles, labels: np.ndarray,
     identities: the name of each label.
     out_dir: the pack directory (created; a finished pack there with the
       same source is kept as it is).
+    root: the directory the image paths are relative to in fingerprints.
     source: what the pack is made from, stored in the manifest; its
       'fingerprint' decides whether a previous pack or progress is reused.
     images_per_shard: images per shard file.
@@ -151,8 +153,7 @@ def pack_images(images: ImageFiles, labels: np.ndarray,
     path = os.path.join(out_dir, name)
     # A shard is reused when its own files (and the settings) are as they
     # were: an interrupted pack, or one whose tree changed elsewhere.
-    key = _files_digest(images.paths[begin:end], source['train_dir'],
-                        settings)
+    key = _files_digest(images.paths[begin:end], root, settings)
     old = previous.get(name)
     if (old is not None and old['source'] == key
         and old['num_images'] == end - begin
@@ -287,6 +288,11 @@ class PackedImages:
     return images if dtype is None else images.astype(dtype)
 
 
+def pairs_pack_dir(pack_dir: str, pairs_name: str) -> str:
+  """Where the pack command puts a verification set's pack in `pack_dir`."""
+  return os.path.join(pack_dir, f'pairs_{pairs_name}')
+
+
 def open_pack(pack_dir: str, *, image_shape: Sequence[int],
               fingerprint: Optional[str] = None
               ) -> tuple[PackedImages, np.ndarray, tuple[str, ...]]:
@@ -317,10 +323,11 @@ def open_pack(pack_dir: str, *, image_shape: Sequence[int],
         f'this run expects {image_shape}: repack with its image_shape.')
   if fingerprint is not None and fingerprint != manifest['source'][
       'fingerprint']:
+    source = manifest['source']
     raise StalePackError(
         f'{pack_dir} was packed from another state of '
-        f'{manifest["source"].get("train_dir")} (files added, removed or '
-        'modified since, another landmark list, or another '
+        f'{source.get("train_dir") or source.get("pairs_dir")} (files added, '
+        'removed or modified since, another landmark list, pairs file or '
         'min_images_per_identity): repack it with python -m '
         'centerloss_jax.pack.')
   image_bytes = int(np.prod(image_shape))

@@ -1,10 +1,11 @@
 """Orbax checkpoints of the whole training state, with a safe resume.
 
 A checkpoint holds the params, optimizer state, centers (a popular port left
-them out, so they reset on resume), batch statistics, step, RNG, and the
-position in the data (epoch and step within it). Orbax writes each checkpoint
-to a temporary directory and renames it when complete, so a save that is
-killed leaves no half-written step behind.
+them out, so they reset on resume), batch statistics, step and RNG, and,
+when given one, the input pipeline's grain iterator (item `input`, written
+by grain's Orbax handler, one JSON state per process). Orbax writes each
+checkpoint to a temporary directory and renames it when complete, so a save
+that is killed leaves no half-written step behind.
 
 Integrity. Each checkpoint also stores a fingerprint of every leaf (a
 position-weighted sum of its bits, computed on the devices, so a single
@@ -31,6 +32,7 @@ from typing import Any, Optional
 
 from absl import logging
 from etils import epath
+import grain
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -93,7 +95,8 @@ def fingerprint(state: PyTree) -> dict[str, int]:
 
 
 def save(manager: ocp.CheckpointManager, state: PyTree, *, step: int,
-         data_position: dict[str, int], force: bool = False) -> bool:
+         input_iterator: Optional[grain.DatasetIterator] = None,
+         force: bool = False) -> bool:
   """Saves `state` (a TrainState, one copy) as `step`; blocks until done.
 
   With several processes, every process calls this with the same global,
@@ -103,8 +106,8 @@ def save(manager: ocp.CheckpointManager, state: PyTree, *, step: int,
     manager: from `create_manager`.
     state: one copy of the TrainState (`DataParallel.host_state`).
     step: the step number to save under (the state's step).
-    data_position: where the input pipeline stands, e.g.
-      {'epoch': 3, 'step_in_epoch': 120}; restored with the state.
+    input_iterator: the input pipeline, its state as of `step` (e.g.
+      `data.pipeline.TrainingBatches`); each process writes its own.
     force: save even if the manager's interval policy would skip this step.
 
   Returns:
@@ -113,13 +116,14 @@ def save(manager: ocp.CheckpointManager, state: PyTree, *, step: int,
   if step in manager.all_steps():
     return False
   savable = _to_savable(state)
-  saved = manager.save(
-      step,
-      args=ocp.args.Composite(
-          state=ocp.args.StandardSave(savable),
-          data_position=ocp.args.JsonSave(dict(data_position)),
-          integrity=ocp.args.JsonSave({'fingerprint': fingerprint(savable)})),
-      force=force)
+  items = dict(
+      state=ocp.args.StandardSave(savable),
+      integrity=ocp.args.JsonSave({'fingerprint': fingerprint(savable)}))
+  if input_iterator is not None:
+    # A synchronous item: written before `manager.save` returns, so the
+    # state is the one at `step` even while the pipeline runs on.
+    items['input'] = grain.checkpoint.CheckpointSave(input_iterator)
+  saved = manager.save(step, args=ocp.args.Composite(**items), force=force)
   manager.wait_until_finished()
   return saved
 
@@ -149,12 +153,12 @@ def _skip_unusable(step: int, error: Exception,
 
 
 def _restore_step(manager: ocp.CheckpointManager, step: int,
-                  target: PyTree) -> tuple[PyTree, dict[str, int]]:
-  """One step's (savable) state and data position, verified if it can be."""
-  has_integrity = os.path.isdir(
-      os.path.join(manager.directory, str(step), 'integrity'))
-  items = dict(state=ocp.args.StandardRestore(target),
-               data_position=ocp.args.JsonRestore())
+                  target: PyTree,
+                  input_iterator: Optional[grain.DatasetIterator]) -> PyTree:
+  """One step's (savable) state, verified if it can be, and its input."""
+  step_dir = os.path.join(manager.directory, str(step))
+  has_integrity = os.path.isdir(os.path.join(step_dir, 'integrity'))
+  items = dict(state=ocp.args.StandardRestore(target))
   if has_integrity:
     items['integrity'] = ocp.args.JsonRestore()
   restored = manager.restore(step, args=ocp.args.Composite(**items))
@@ -164,8 +168,31 @@ def _restore_step(manager: ocp.CheckpointManager, step: int,
   else:
     logging.warning('Checkpoint at step %d has no fingerprint (saved by an '
                     'older version); restored unverified.', step)
-  return restored['state'], {
-      k: int(v) for k, v in restored['data_position'].items()}
+  if input_iterator is not None:
+    _restore_input(manager, step, input_iterator)
+  return restored['state']
+
+
+def _restore_input(manager: ocp.CheckpointManager, step: int,
+                   input_iterator: grain.DatasetIterator) -> None:
+  """Sets `input_iterator` to its state at `step`, if the step has it.
+
+  Restored after the state is verified, so a corrupt step never moves the
+  pipeline. A step without this process's input state (saved without
+  one, by an older version, or by another number of processes) leaves the
+  iterator as it is, with a warning: the caller positions it by the step.
+  """
+  # grain's handler writes one file per process, named by this layout.
+  state_file = os.path.join(
+      manager.directory, str(step), 'input',
+      f'process_{jax.process_index()}-of-{jax.process_count()}.json')
+  if not os.path.exists(state_file):
+    logging.warning('Checkpoint at step %d has no input state for process '
+                    '%d of %d.', step, jax.process_index(),
+                    jax.process_count())
+    return
+  manager.restore(step, args=ocp.args.Composite(
+      input=grain.checkpoint.CheckpointRestore(input_iterator)))
 
 
 def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
@@ -184,8 +211,9 @@ def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
   return target
 
 
-def restore_latest(manager: ocp.CheckpointManager, abstract_state: PyTree
-                   ) -> Optional[tuple[PyTree, dict[str, int]]]:
+def restore_latest(manager: ocp.CheckpointManager, abstract_state: PyTree, *,
+                   input_iterator: Optional[grain.DatasetIterator] = None
+                   ) -> Optional[PyTree]:
   """Restores the newest sound checkpoint, or returns None if none exists.
 
   Steps newer than it that are unreadable or corrupt (see the module
@@ -198,9 +226,11 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: PyTree
     manager: from `create_manager`.
     abstract_state: a TrainState (or its `jax.eval_shape`) giving the
       structure, shapes and dtypes to restore into.
+    input_iterator: the input pipeline (a grain iterator), set to its saved
+      state at the restored step where the step has one (see `save`).
 
   Returns:
-    `(state, data_position)` or None when the directory has no checkpoint.
+    The restored state, or None when the directory has no checkpoint.
 
   Raises:
     RuntimeError: checkpoints exist but none of them could be restored,
@@ -214,7 +244,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: PyTree
   unusable = []
   for step in steps:
     try:
-      state, data_position = _restore_step(manager, step, target)
+      state = _restore_step(manager, step, target, input_iterator)
     except Exception as e:  # pylint: disable=broad-except
       # Any failure to read (truncated file, missing shard, bad metadata,
       # other shapes) or a fingerprint mismatch: an older checkpoint is
@@ -224,8 +254,7 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: PyTree
     for bad_step, _ in unusable:
       logging.warning('Moved the unusable checkpoint at step %d to %s.',
                       bad_step, _move_aside(manager, bad_step))
-    state = state.replace(rng=jax.random.wrap_key_data(state.rng))
-    return state, data_position
+    return state.replace(rng=jax.random.wrap_key_data(state.rng))
   raise RuntimeError(
       f'None of the {len(steps)} checkpoints in {manager.directory} could be '
       'restored into this run (another model or config?): ' + '; '.join(

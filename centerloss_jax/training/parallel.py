@@ -29,10 +29,9 @@ both. The step keeps replicated outputs identical on every device itself
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -379,26 +378,3 @@ def psum(tree: PyTree, axis_name: Optional[str]) -> PyTree:
   if axis_name is None:
     return tree
   return jax.lax.psum(tree, axis_name)
-
-
-def prefetch_to_devices(batches: Iterator[dict[str, np.ndarray]],
-                        put: Callable[[dict[str, np.ndarray]], PyTree], *,
-                        size: int = 2) -> Iterator[PyTree]:
-  """Yields `put(batch)` for each batch, `size` transfers ahead.
-
-  The transfers are dispatched asynchronously, so the next batches travel
-  to the devices while the current step runs (`flax.jax_utils.
-  prefetch_to_device`'s idea, for any `DataParallel.put_batch`).
-
-  Args:
-    batches: host batches, e.g. `data.pipeline.batch_iterator`'s.
-    put: places one batch, e.g. `DataParallel.put_batch`.
-    size: transfers kept in flight; 0 or 1 places each batch when asked.
-  """
-  queue = collections.deque()
-  for batch in batches:
-    queue.append(put(batch))
-    if len(queue) >= max(size, 1):
-      yield queue.popleft()
-  while queue:
-    yield queue.popleft()

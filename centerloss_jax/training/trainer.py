@@ -251,19 +251,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         workdir, max_to_keep=config.keep_checkpoints)
     run.callback(lifecycle.close_within, CLOSE_SECONDS, manager.close,
                  'checkpoint manager')
-    restored = checkpointing.restore_latest(manager, state)
+    pipeline_config = config.pipeline
+    batches = data.pipeline.TrainingBatches(
+        train_batches, num_steps=num_steps, place=dp.put_batch,
+        num_workers=pipeline_config.num_workers,
+        num_threads=pipeline_config.num_threads,
+        prefetch=pipeline_config.prefetch,
+        device_prefetch=pipeline_config.device_prefetch)
+    run.callback(lifecycle.close_within, CLOSE_SECONDS, batches.close,
+                 'input pipeline')
+    restored = checkpointing.restore_latest(manager, state,
+                                            input_iterator=batches)
     if restored is not None:
-      state, saved_position = restored
-      logging.info('Resumed from the checkpoint at step %d.', int(state.step))
+      state = restored
+      logging.info('Resumed from the checkpoint at step %d, input at %s.',
+                   int(state.step), batches.get_state())
     start_step = int(state.step)
-    if (restored is not None
-        and saved_position != _data_position(start_step, steps_per_epoch)):
-      # The data order is a function of the step for a fixed batch size; a
-      # changed batch size (or dataset) resumes from a different position.
-      logging.warning('The checkpoint was at data position %s, this config '
-                      'resumes at %s: batch size or dataset changed?',
-                      saved_position,
-                      _data_position(start_step, steps_per_epoch))
+    if batches.next_step != start_step:
+      if batches.next_step:
+        raise RuntimeError(
+            f'The checkpoint at step {start_step} holds the input state of '
+            f'step {batches.next_step}.')
+      # No input state in the checkpoint (see `checkpointing`): every
+      # batch is a function of its step, so the step positions the input.
+      batches.set_state({'next_step': start_step})
     # Records past the restored step are from the lost part of a run.
     writer = reporting.writers.create_writer(
         workdir, is_main_process=is_main, resume_step=start_step)
@@ -283,11 +294,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                  dataset=dataset, config=config,
                                  writer=writer, workdir=workdir)
     save = functools.partial(_save_checkpoint, manager, dp,
-                             steps_per_epoch=steps_per_epoch)
+                             input_iterator=batches)
     signals = run.enter_context(lifecycle.PreemptionSignals())
 
-    batches = _input_pipeline(run, train_batches, dp, config.pipeline,
-                              first_step=start_step, num_steps=num_steps)
     step, interval, interval_start = start_step, [], time.perf_counter()
     input_wait, final = 0.0, None
     while step < num_steps and signals.received is None:
@@ -332,38 +341,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   return final['metrics']
 
 
-def _input_pipeline(run: contextlib.ExitStack,
-                    train_batches: data.batching.BatchReader,
-                    dp: parallel.DataParallel,
-                    pipeline_config: ml_collections.ConfigDict, *,
-                    first_step: int, num_steps: int):
-  """The placed batches of steps `first_step..num_steps - 1`, made ahead.
-
-  The grain pipeline (`data.pipeline`, closed when `run` ends) and the
-  transfers to the devices (`parallel.prefetch_to_devices`).
-  """
-  if first_step >= num_steps:
-    return iter(())
-  host_batches = data.pipeline.batch_iterator(
-      train_batches, first_step=first_step, num_steps=num_steps,
-      num_workers=pipeline_config.num_workers,
-      num_threads=pipeline_config.num_threads,
-      prefetch=pipeline_config.prefetch)
-  run.callback(lifecycle.close_within, CLOSE_SECONDS, host_batches.close,
-               'input pipeline')
-  return parallel.prefetch_to_devices(host_batches, dp.put_batch,
-                                      size=pipeline_config.device_prefetch)
-
-
-def _data_position(step: int, steps_per_epoch: int) -> dict[str, int]:
-  """Where the input pipeline stands after `step` steps."""
-  return {'epoch': step // steps_per_epoch,
-          'step_in_epoch': step % steps_per_epoch}
-
-
 def _save_checkpoint(manager, dp: parallel.DataParallel, state,
                      interval: list[Metrics], *, step: int,
-                     steps_per_epoch: int) -> None:
+                     input_iterator: data.pipeline.TrainingBatches) -> None:
   """Checkpoints `state` as `step`, unless it is not finite.
 
   Never lets a non-finite state replace the last good checkpoint: the
@@ -379,8 +359,7 @@ def _save_checkpoint(manager, dp: parallel.DataParallel, state,
         f'Non-finite params or centers after step {step}. Training '
         'stopped; the checkpoints in the workdir are from before it.')
   checkpointing.save(manager, host_state, step=step,
-                     data_position=_data_position(step, steps_per_epoch),
-                     force=True)
+                     input_iterator=input_iterator, force=True)
 
 
 def _check_finite_and_summarize(step_metrics: list[Metrics],

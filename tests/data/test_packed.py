@@ -76,6 +76,15 @@ def test_packed_images_equal_the_decoded_and_aligned_folders(tmp_path):
   assert alone.train.num_examples == 8
 
 
+def test_a_relative_train_dir_finds_its_landmarks(tmp_path, monkeypatch):
+  landmarks = _write_tree(str(tmp_path / 'tree'))
+  absolute = _load(tmp_path / 'tree', landmarks)
+  monkeypatch.chdir(tmp_path)
+  relative = _load('tree', os.path.join('tree', 'landmarks.txt'))
+  np.testing.assert_array_equal(np.asarray(relative.train.images),
+                                np.asarray(absolute.train.images))
+
+
 def test_stale_or_corrupt_packs_are_refused(tmp_path):
   root = tmp_path / 'tree'
   landmarks = _write_tree(str(root))
@@ -143,3 +152,62 @@ def test_a_corrupt_image_is_named_packs_nothing_half_way_and_resumes(
   np.testing.assert_array_equal(
       np.asarray(_load(root, landmarks, packed_dir=str(pack_dir)).train.images),
       np.asarray(_load(root, landmarks).train.images))
+
+
+def _write_lfw(root):
+  """LFW's layout (`<name>/<name>_<NNNN>.png`), random pixels, landmarks and
+  a pairs file of 2 folds."""
+  rng = np.random.default_rng(1)
+  points = alignment.scale_template((40, 34)).reshape(-1)
+  lines = []
+  for name, number in (('Ann', 1), ('Ann', 2), ('Ben', 1), ('Ben', 2),
+                       ('Cy', 1)):
+    relative = f'{name}/{name}_{number:04d}.png'
+    os.makedirs(os.path.join(root, name), exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (40, 34, 3), dtype=np.uint8)).save(
+        os.path.join(root, relative))
+    lines.append(relative + ' ' + ' '.join(f'{v:.3f}' for v in points))
+  landmarks = os.path.join(root, 'landmarks.txt')
+  with open(landmarks, 'w') as f:
+    f.write('\n'.join(lines) + '\n')
+  pairs = os.path.join(root, 'pairs.txt')
+  with open(pairs, 'w') as f:
+    f.write('2 1\nAnn 1 2\nAnn 1 Ben 1\nBen 1 2\nBen 2 Cy 1\n')
+  return landmarks, pairs
+
+
+def test_the_pack_command_packs_the_lfw_pairs_the_trainer_then_reads(
+    tmp_path):
+  root = tmp_path / 'tree'
+  landmarks = _write_tree(str(root))
+  lfw = tmp_path / 'lfw'
+  lfw_landmarks, pairs_file = _write_lfw(str(lfw))
+  pack_dir = tmp_path / 'pack'
+  pairs_config = dict(pairs_dir=str(lfw), pairs_file=pairs_file,
+                      pairs_landmarks=lfw_landmarks)
+  result = subprocess.run(
+      [sys.executable, '-m', 'centerloss_jax.pack',
+       '--config=configs/casia_webface_face_resnet.py',
+       f'--config.input.train_dir={root}',
+       f'--config.input.landmarks={landmarks}',
+       f'--config.input.image_shape={SHAPE}', f'--out_dir={pack_dir}',
+       *(f'--config.input.{key}={value}'
+         for key, value in pairs_config.items())],
+      cwd=repo_paths.REPO_ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'Packed the 5 lfw pair images' in result.stdout
+  folders = _load(root, landmarks, **pairs_config).verification
+  from_pack = _load(root, landmarks, packed_dir=str(pack_dir),
+                    **pairs_config).verification
+  assert isinstance(from_pack.images, packed.PackedImages)
+  np.testing.assert_array_equal(np.asarray(from_pack.images),
+                                np.asarray(folders.images))
+  for field in ('left', 'right', 'is_same', 'fold'):
+    np.testing.assert_array_equal(getattr(from_pack, field),
+                                  getattr(folders, field))
+  # An LFW image changed since packing: that pack is refused, not used.
+  changed = lfw / 'Ben' / 'Ben_0002.png'
+  os.utime(changed, ns=(0, os.stat(changed).st_mtime_ns + 10**9))
+  with pytest.raises(packed.StalePackError, match='pairs_lfw.*another state '
+                     f'of {lfw}'):
+    _load(root, landmarks, packed_dir=str(pack_dir), **pairs_config)

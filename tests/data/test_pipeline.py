@@ -12,7 +12,6 @@ from centerloss_jax.data import batching
 from centerloss_jax.data import image_files
 from centerloss_jax.data import pipeline
 from centerloss_jax.data import types
-from centerloss_jax.training import parallel
 
 
 def _in_memory_split(num_examples=90, num_classes=6, shape=(6, 5, 1)):
@@ -121,13 +120,62 @@ def test_bad_pipeline_settings_are_named():
     pipeline.batch_iterator(reader, first_step=4, num_steps=4)
 
 
-def test_prefetch_to_devices_keeps_the_order_and_places_ahead():
+def test_training_batches_place_ahead_in_order():
+  reader = batching.BatchReader(_in_memory_split(), global_batch_size=8,
+                                seed=2, shuffle=True, drop_remainder=True)
   placed = []
 
-  def put(batch):
+  def place(batch):
     placed.append(batch)
-    return batch * 10
+    return batch['label']
 
-  batches = parallel.prefetch_to_devices(iter(range(1, 6)), put, size=2)
-  assert next(batches) == 10 and placed == [1, 2]  # One transfer ahead.
-  assert list(batches) == [20, 30, 40, 50]
+  batches = pipeline.TrainingBatches(reader, num_steps=6, place=place,
+                                     device_prefetch=2)
+  assert not placed, 'nothing starts before the first batch is asked for'
+  first = next(batches)
+  assert len(placed) == 2  # One transfer ahead of the step.
+  got = [first] + list(batches)
+  np.testing.assert_array_equal(
+      np.stack(got), np.stack([reader(step)['label'] for step in range(6)]))
+  assert batches.get_state()['next_step'] == 6
+
+
+def test_a_saved_input_state_resumes_at_the_exact_batch_with_other_workers():
+  split = _in_memory_split()
+  reader = batching.BatchReader(split, global_batch_size=8, seed=4,
+                                shuffle=True, drop_remainder=True,
+                                augment_fn=batching.make_augment_fn(flip=True))
+  num_steps = 2 * reader.steps_per_epoch
+  first = pipeline.TrainingBatches(reader, num_steps=num_steps,
+                                   num_threads=2, device_prefetch=3)
+  for _ in range(reader.steps_per_epoch + 2):  # Into the second epoch.
+    next(first)
+  state = first.get_state()
+  first.close()
+  assert state == {'next_step': reader.steps_per_epoch + 2, 'epoch': 1,
+                   'step_in_epoch': 2,
+                   'steps_per_epoch': reader.steps_per_epoch,
+                   'global_batch_size': 8, 'seed': 4}
+  resumed = pipeline.TrainingBatches(reader, num_steps=num_steps,
+                                     num_workers=2, num_threads=1)
+  resumed.set_state(state)
+  try:
+    got = list(resumed)
+  finally:
+    resumed.close()
+  _assert_same_batches(got, [reader(step) for step in
+                             range(state['next_step'], num_steps)])
+
+
+def test_bad_or_changed_input_states_are_named(caplog):
+  reader = batching.BatchReader(_in_memory_split(), global_batch_size=8,
+                                seed=0, shuffle=True)
+  batches = pipeline.TrainingBatches(reader, num_steps=4)
+  with pytest.raises(ValueError, match=r"next_step in 0\.\.4"):
+    batches.set_state({'next_step': 5})
+  with pytest.raises(ValueError, match='device_prefetch must be >= 0, got -2'):
+    pipeline.TrainingBatches(reader, num_steps=4, device_prefetch=-2)
+  # A resume with another batch size continues by step, and says so.
+  batches.set_state({'next_step': 2, 'global_batch_size': 16, 'seed': 0})
+  assert 'global_batch_size 16 -> 8' in caplog.text
+  assert batches.next_step == 2

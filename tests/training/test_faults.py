@@ -25,6 +25,7 @@ import pytest
 
 import config_util
 import repo_paths
+from centerloss_jax import data
 from centerloss_jax import training
 from centerloss_jax.training import checkpointing
 from centerloss_jax.training import run_config
@@ -393,8 +394,19 @@ def _saved_steps(tmp_path):
   manager = checkpointing.create_manager(str(tmp_path), max_to_keep=3)
   for step in (4, 8):
     checkpointing.save(manager, _tiny_state(float(step)), step=step,
-                       data_position={'epoch': 0, 'step_in_epoch': step})
+                       input_iterator=_input_at(step))
   return manager
+
+
+def _input_at(step):
+  """An input pipeline (grain iterator) standing at `step`."""
+  split = data.Split(images=np.zeros((16, 2, 2, 1), np.uint8),
+                     labels=np.zeros(16, np.int32), name='train')
+  batches = data.pipeline.TrainingBatches(
+      data.batching.BatchReader(split, global_batch_size=4, seed=0,
+                                shuffle=True), num_steps=100)
+  batches.set_state({'next_step': step})
+  return batches
 
 
 def _tamper_with_fingerprint(manager, step, leaf):
@@ -413,15 +425,33 @@ def test_a_checkpoint_whose_data_changed_is_caught_by_its_fingerprint(
     tmp_path):
   manager = _saved_steps(tmp_path)
   _tamper_with_fingerprint(manager, 8, 'centers')
-  state, position = checkpointing.restore_latest(manager, _tiny_state(0.0))
-  assert position['step_in_epoch'] == 4
+  batches = _input_at(0)
+  state = checkpointing.restore_latest(manager, _tiny_state(0.0),
+                                       input_iterator=batches)
+  assert batches.next_step == 4
   np.testing.assert_array_equal(state.centers, 4.0)
   assert os.listdir(tmp_path / 'checkpoints_corrupt')[0].startswith('8-')
   # The step can be saved again when training reaches it.
   assert checkpointing.save(manager, _tiny_state(8.0), step=8,
-                            data_position={'epoch': 0, 'step_in_epoch': 8})
-  assert checkpointing.restore_latest(manager, _tiny_state(0.0))[1] == {
-      'epoch': 0, 'step_in_epoch': 8}
+                            input_iterator=_input_at(8))
+  checkpointing.restore_latest(manager, _tiny_state(0.0),
+                               input_iterator=batches)
+  assert batches.next_step == 8
+
+
+def test_an_input_state_of_another_process_layout_is_left_to_the_step(
+    tmp_path, caplog):
+  manager = _saved_steps(tmp_path)
+  # What a run of 2 processes leaves: one state file per process.
+  input_dir = os.path.join(manager.directory, '8', 'input')
+  os.rename(os.path.join(input_dir, 'process_0-of-1.json'),
+            os.path.join(input_dir, 'process_0-of-2.json'))
+  batches = _input_at(0)
+  state = checkpointing.restore_latest(manager, _tiny_state(0.0),
+                                       input_iterator=batches)
+  np.testing.assert_array_equal(state.centers, 8.0)  # The step is kept,
+  assert batches.next_step == 0  # its input left for the caller to place,
+  assert 'no input state for process 0 of 1' in caplog.text  # and said.
 
 
 def test_checkpoints_of_another_model_are_refused_briefly_and_kept(

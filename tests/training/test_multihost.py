@@ -71,15 +71,14 @@ def test_checkpoint_moves_between_process_layouts(single_process_result,
   two = tmp_path / 'saved_by_two'
   _run_two_processes('shard_map', two, 'train')
   manager = checkpointing.create_manager(str(two), max_to_keep=1)
-  state, _ = checkpointing.restore_latest(manager, multihost_worker._state())  # pylint: disable=protected-access
+  state = checkpointing.restore_latest(manager, multihost_worker._state())  # pylint: disable=protected-access
   _assert_same(multihost_worker.to_numpy(state), single_process_result,
                'restored by 1 process')
   # Saved by 1 process, restored by 2.
   one = tmp_path / 'saved_by_one'
   _, state = multihost_worker.train_steps('shard_map')
   manager = checkpointing.create_manager(str(one), max_to_keep=1)
-  checkpointing.save(manager, state, step=multihost_worker.NUM_STEPS,
-                     data_position={'epoch': 0, 'step_in_epoch': 3})
+  checkpointing.save(manager, state, step=multihost_worker.NUM_STEPS)
   manager.close()
   _run_two_processes('shard_map', one, 'restore')
   _assert_same(dict(np.load(one / 'restored.npz')), single_process_result,

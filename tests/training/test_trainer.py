@@ -13,6 +13,7 @@ import numpy as np
 import psutil
 import pytest
 
+from centerloss_jax import data
 from centerloss_jax import training
 from centerloss_jax.training import checkpointing
 import config_util
@@ -103,9 +104,14 @@ def test_centers_are_trained_and_checkpointed(finished_run, tiny_idx_dir):
   workdir, _ = finished_run
   manager = checkpointing.create_manager(workdir, max_to_keep=3)
   state = _abstract_state(tiny_idx_dir)
-  restored, position = checkpointing.restore_latest(manager, state)
+  batches = _training_batches(tiny_idx_dir)
+  restored = checkpointing.restore_latest(manager, state,
+                                          input_iterator=batches)
   assert int(restored.step) == 16
-  assert position == {'epoch': 2, 'step_in_epoch': 0}
+  # The input pipeline's grain state, saved beside the step.
+  assert batches.get_state() == {
+      'next_step': 16, 'epoch': 2, 'step_in_epoch': 0, 'steps_per_epoch': 8,
+      'global_batch_size': 32, 'seed': 0}
   centers = np.asarray(restored.centers)
   assert centers.shape == (10, 2)
   assert np.abs(centers).max() > 0, 'centers never left their zero init'
@@ -116,8 +122,8 @@ def test_restore_into_an_eval_shape_target(finished_run, tiny_idx_dir):
   workdir, _ = finished_run
   manager = checkpointing.create_manager(workdir, max_to_keep=3)
   state = _abstract_state(tiny_idx_dir)
-  expected, _ = checkpointing.restore_latest(manager, state)
-  restored, _ = checkpointing.restore_latest(
+  expected = checkpointing.restore_latest(manager, state)
+  restored = checkpointing.restore_latest(
       manager, jax.eval_shape(lambda s: s, state))
   jax.tree.map(np.testing.assert_array_equal,
                jax.random.key_data(restored.rng),
@@ -125,6 +131,16 @@ def test_restore_into_an_eval_shape_target(finished_run, tiny_idx_dir):
   jax.tree.map(np.testing.assert_array_equal,
                (restored.params, restored.centers, restored.opt_state),
                (expected.params, expected.centers, expected.opt_state))
+
+
+def _training_batches(data_dir):
+  """A fresh input pipeline of `_config`'s run (at step 0)."""
+  config = _config(data_dir)
+  reader = data.batching.BatchReader(
+      training.trainer.load_dataset(config.input).train,
+      global_batch_size=config.batch_size, seed=config.seed, shuffle=True,
+      drop_remainder=True)
+  return data.pipeline.TrainingBatches(reader, num_steps=16)
 
 
 def _abstract_state(data_dir):
@@ -146,7 +162,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(
       with open(os.path.join(root, name), 'w') as f:
         f.write('garbage')
   manager = checkpointing.create_manager(str(tmp_path), max_to_keep=3)
-  restored, _ = checkpointing.restore_latest(
+  restored = checkpointing.restore_latest(
       manager, _abstract_state(tiny_idx_dir))
   assert int(restored.step) == 12
 
@@ -161,7 +177,7 @@ def test_non_finite_loss_stops_naming_the_step(tiny_idx_dir, tmp_path):
   restored = checkpointing.restore_latest(manager,
                                           _abstract_state(tiny_idx_dir))
   if restored is not None:
-    for leaf in jax.tree.leaves(restored[0].params):
+    for leaf in jax.tree.leaves(restored.params):
       assert np.all(np.isfinite(leaf))
 
 
@@ -209,15 +225,14 @@ def _run_until_checkpoint_then(sig, data_dir, workdir, min_step, *extra):
 
 def _final_state(workdir, data_dir):
   manager = checkpointing.create_manager(workdir, max_to_keep=3)
-  state, _ = checkpointing.restore_latest(manager, _abstract_state(data_dir))
-  return state
+  return checkpointing.restore_latest(manager, _abstract_state(data_dir))
 
 
 def test_preempted_then_killed_run_resumes_to_the_same_result(
     tiny_idx_dir, tmp_path):
   """SIGTERM (preemption), rerun, SIGKILL mid-run, rerun: same result as an
   uninterrupted run, though each part runs another input pipeline (no
-  threads, 2 worker processes, 1 thread): the data position is the step."""
+  threads, 2 worker processes, 1 thread): the input state is the step."""
   num_steps = 6 * 8
   reference = str(tmp_path / 'reference')
   subprocess.run(_main_command(tiny_idx_dir, reference), cwd=REPO_ROOT,
@@ -234,10 +249,22 @@ def test_preempted_then_killed_run_resumes_to_the_same_result(
   _run_until_checkpoint_then(signal.SIGKILL, tiny_idx_dir, interrupted,
                              preempted_at + 4,
                              '--config.pipeline.num_workers=2')
-  assert preempted_at < _latest_checkpoint(interrupted) < num_steps
+  killed_at = _latest_checkpoint(interrupted)
+  assert preempted_at < killed_at < num_steps
+  # Each checkpoint holds the input pipeline's grain state at its step.
+  steps = [name for name in os.listdir(os.path.join(interrupted,
+                                                    'checkpoints'))
+           if name.isdigit()]  # Not a save the SIGKILL cut short.
+  for step in steps:
+    with open(os.path.join(interrupted, 'checkpoints', step, 'input',
+                           'process_0-of-1.json')) as f:
+      assert json.load(f)['next_step'] == int(step)
 
-  subprocess.run(_main_command(tiny_idx_dir, interrupted), cwd=REPO_ROOT,
-                 check=True, capture_output=True, timeout=300)
+  final_run = subprocess.run(_main_command(tiny_idx_dir, interrupted),
+                             cwd=REPO_ROOT, check=True, capture_output=True,
+                             text=True, timeout=300)
+  # The resume took its data position from that state.
+  assert f"input at {{'next_step': {killed_at}," in final_run.stderr
   expected = _final_state(reference, tiny_idx_dir)
   resumed = _final_state(interrupted, tiny_idx_dir)
   assert int(expected.step) == int(resumed.step) == num_steps
