@@ -15,8 +15,9 @@ from centerloss_jax.reporting import files
 
 def plot_features_2d(features: np.ndarray, labels: np.ndarray,
                      class_names: Sequence[str], *,
-                     centers: Optional[np.ndarray] = None, title: str = '',
-                     ax: Optional[plt.Axes] = None,
+                     centers: Optional[np.ndarray] = None,
+                     center_classes: Optional[np.ndarray] = None,
+                     title: str = '', ax: Optional[plt.Axes] = None,
                      max_points: int = 10_000) -> plt.Axes:
   """Scatters 2-D features coloured by class, each center in its class colour.
 
@@ -24,7 +25,8 @@ def plot_features_2d(features: np.ndarray, labels: np.ndarray,
     features: (N, 2) features.
     labels: (N,) class ids indexing `class_names`.
     class_names: legend names.
-    centers: optional (num_classes, 2) centers to mark.
+    centers: optional (K, 2) centers to mark.
+    center_classes: (K,) the class of each center; None: 0..K-1.
     title: axes title.
     ax: axes to draw into; a new figure when None.
     max_points: plot an evenly spaced subset beyond this many points.
@@ -47,9 +49,11 @@ def plot_features_2d(features: np.ndarray, labels: np.ndarray,
                color=cmap(k % cmap.N), label=name, rasterized=True)
   if centers is not None:
     centers = np.asarray(centers)
+    if center_classes is None:
+      center_classes = np.arange(len(centers))
     # Each center in its class's colour, outlined so it shows on its cloud.
     ax.scatter(centers[:, 0], centers[:, 1], marker='X', s=90,
-               c=[cmap(k % cmap.N) for k in range(len(centers))],
+               c=[cmap(k % cmap.N) for k in center_classes],
                edgecolors='black', linewidths=0.8, label='centers')
   ax.set_title(title)
   ax.set_aspect('equal', adjustable='datalim')
@@ -64,6 +68,7 @@ def plot_features_2d(features: np.ndarray, labels: np.ndarray,
 def save_feature_plot(path: str, features: np.ndarray, labels: np.ndarray,
                       class_names: Sequence[str], *,
                       centers: Optional[np.ndarray] = None,
+                      center_classes: Optional[np.ndarray] = None,
                       title: str = '') -> np.ndarray:
   """Writes the scatter plot as a PNG (atomically) and returns it as RGB.
 
@@ -75,7 +80,8 @@ def save_feature_plot(path: str, features: np.ndarray, labels: np.ndarray,
   fig = Figure(figsize=(7.5, 6), dpi=100)
   canvas = FigureCanvasAgg(fig)
   plot_features_2d(features, labels, class_names, centers=centers,
-                   title=title, ax=fig.add_subplot())
+                   center_classes=center_classes, title=title,
+                   ax=fig.add_subplot())
   fig.tight_layout()
   canvas.draw()
   image = np.asarray(canvas.buffer_rgba())[..., :3].copy()

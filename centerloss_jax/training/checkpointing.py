@@ -59,7 +59,9 @@ def _to_savable(state: PyTree) -> PyTree:
   ShapeDtypeStruct), the cheap restore target.
   """
   if isinstance(state.rng, jax.ShapeDtypeStruct):
-    return state.replace(rng=jax.eval_shape(jax.random.key_data, state.rng))
+    data = jax.eval_shape(jax.random.key_data, state.rng)
+    return state.replace(rng=jax.ShapeDtypeStruct(
+        data.shape, data.dtype, sharding=state.rng.sharding))
   return state.replace(rng=jax.random.key_data(state.rng))
 
 
@@ -259,6 +261,27 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state: PyTree, *,
       f'None of the {len(steps)} checkpoints in {manager.directory} could be '
       'restored into this run (another model or config?): ' + '; '.join(
           f'step {step}: {reason}' for step, reason in unusable))
+
+
+def latest_param_names(manager: ocp.CheckpointManager) -> Optional[set[str]]:
+  """The top-level params of the newest checkpoint whose metadata reads (no
+  array is read), e.g. to tell the layout it was saved in.
+
+  Returns:
+    The names; None when there is no checkpoint, an empty set when no
+    step's metadata can be read (`restore_latest` then says why).
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  if not steps:
+    return None
+  for step in steps:
+    try:
+      metadata = ocp.PyTreeCheckpointHandler().metadata(
+          epath.Path(_state_directory(manager, step))).tree
+      return set(metadata['params'])
+    except Exception:  # pylint: disable=broad-except
+      continue  # Unreadable: restore_latest moves it aside, with a reason.
+  return set()
 
 
 # What evaluation restores of a TrainState: the model's weights, its centers

@@ -135,7 +135,8 @@ class DataParallel:
           f'{self.num_replicas} devices of parallel mode {self.mode!r}.')
 
   def put_state(self, state: PyTree) -> PyTree:
-    """Copies a host/single-device state into this mode's layout."""
+    """Copies a state into this mode's layout (a no-op for leaves already
+    there, e.g. from `create_state` or a restore into `abstract_state`)."""
     if self.mode == 'jit':
       return jax.device_put(state, self.devices[0])
     if self.mode == 'pmap':
@@ -144,9 +145,51 @@ class DataParallel:
       n = len(self.devices)
       return jax.tree.map(
           lambda x: jnp.broadcast_to(x, (n,) + jnp.shape(x)), state)
-    return _replicate_from_host(state, jax.tree.map(
-        lambda spec: NamedSharding(self.mesh, spec), self.state_specs(state),
-        is_leaf=lambda x: isinstance(x, P)))
+    shardings = self.state_shardings(state)
+    placed = lambda x, sharding: (isinstance(x, jax.Array)
+                                  and x.sharding == sharding)
+    if all(jax.tree.leaves(jax.tree.map(placed, state, shardings))):
+      return state
+    return _replicate_from_host(state, shardings)
+
+  def state_shardings(self, state: PyTree) -> PyTree:
+    """Where each leaf of a (concrete or abstract) state lives in training:
+    `state_specs` on the mesh (shard_map), or the one device (jit); pmap
+    stacks a copy per device instead (`put_state`)."""
+    if self.mode != 'shard_map':
+      device = jax.sharding.SingleDeviceSharding(self.devices[0])
+      return jax.tree.map(lambda _: device, state)
+    return jax.tree.map(lambda spec: NamedSharding(self.mesh, spec),
+                        self.state_specs(state),
+                        is_leaf=lambda x: isinstance(x, P))
+
+  def create_state(self, init_fn: Callable[[], PyTree]) -> PyTree:
+    """`init_fn()`, computed where `state_shardings` puts each leaf.
+
+    Compiled with those output shardings, so a split leaf (the class-sharded
+    centers, classifier kernel and its optimizer twins) is computed shard by
+    shard on its devices: no process ever holds more than its share of a
+    num_classes-sized array. JAX's partitionable threefry makes the random
+    init the same whatever the sharding. `put_state` finishes the layout
+    (pmap's stacking; a no-op otherwise).
+    """
+    if self.mode == 'pmap':
+      # Uncommitted, on the default device: `put_state` stacks it and pmap
+      # places the copies itself.
+      return jax.jit(init_fn)()
+    shardings = self.state_shardings(jax.eval_shape(init_fn))
+    return jax.jit(init_fn, out_shardings=shardings)()
+
+  def abstract_state(self, init_fn: Callable[[], PyTree]) -> PyTree:
+    """`create_state`'s shapes, dtypes and shardings, computing nothing: a
+    restore target that Orbax reads straight into the training layout."""
+    abstract = jax.eval_shape(init_fn)
+    if self.mode == 'pmap':
+      return abstract  # Restored uncommitted, like `create_state`'s.
+    return jax.tree.map(
+        lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                 sharding=sharding),
+        abstract, self.state_shardings(abstract))
 
   def state_specs(self, state: PyTree) -> PyTree:
     """The PartitionSpec of every leaf of `state` on this mode's mesh.
@@ -184,6 +227,15 @@ class DataParallel:
       return state
     return _replicate_from_host(state, NamedSharding(
         jax.make_mesh((jax.device_count(),), (BATCH_AXIS,)), P()))
+
+  def fetch_rows(self, array: jax.Array, rows: np.ndarray) -> np.ndarray:
+    """A numpy copy of `array[rows]` (e.g. some classes' centers), in any
+    process; a class-sharded array sends only those rows, never gathering
+    whole on a host."""
+    if self.class_shards > 1:
+      return fetch_replicated(array.at[rows].get(
+          out_sharding=NamedSharding(self.mesh, P())))
+    return fetch_global(array)[rows]
 
   def put_batch(self, batch: dict[str, np.ndarray]) -> PyTree:
     """Places this process's share of a global batch across the replicas.

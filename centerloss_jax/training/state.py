@@ -177,6 +177,44 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, *,
                        tx=create_optimizer(config, learning_rate_fn))
 
 
+def move_classifier(state: TrainState, *, class_sharded: bool,
+                    scope: str) -> TrainState:
+  """`state` with its classifier kernel where `class_sharded` keeps it.
+
+  Replicated training keeps the (feature_dim, num_classes) kernel in the
+  model, at `params[scope]['kernel']`; class-sharded training outside it,
+  at `params['classifier']['kernel']`, so that it can be split (see
+  `create_train_state`). This moves it, in the params and in each of their
+  optimizer-state twins (momentum, Adam's moments), which is how a
+  checkpoint of one layout resumes in the other. It works on concrete and
+  abstract states alike: the leaves (with their shardings) move unchanged.
+
+  Args:
+    state: a TrainState in either layout.
+    class_sharded: the layout to move to.
+    scope: the model's classifier scope (`models.classifier_scope`).
+  """
+  source, target = ((scope, 'classifier') if class_sharded
+                    else ('classifier', scope))
+
+  def move(node):
+    if isinstance(node, dict):
+      node = {key: move(value) for key, value in node.items()}
+      # A params tree (or a twin): its root holds the bias-free head.
+      if (isinstance(node.get(source), dict) and set(node[source]) == {'kernel'}
+          and target not in node):
+        node[target] = node.pop(source)
+      return node
+    if isinstance(node, tuple) and hasattr(node, '_fields'):  # optax states
+      return type(node)(*map(move, node))
+    if isinstance(node, (tuple, list)):
+      return type(node)(map(move, node))
+    return node
+
+  return state.replace(params=move(state.params),
+                       opt_state=move(state.opt_state))
+
+
 def create_inference_state(config: ml_collections.ConfigDict, rng: jax.Array,
                            *, image_shape: tuple[int, ...],
                            num_classes: int) -> TrainState:

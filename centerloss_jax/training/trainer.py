@@ -14,7 +14,7 @@ import contextlib
 import functools
 import os
 import time
-from typing import Any
+from typing import Any, Optional
 
 from absl import logging
 from clu import parameter_overview
@@ -26,6 +26,7 @@ import numpy as np
 from centerloss_jax import data
 from centerloss_jax import losses
 from centerloss_jax import metrics
+from centerloss_jax import models
 from centerloss_jax import reporting
 from centerloss_jax.training import checkpointing
 from centerloss_jax.training.class_sharded_steps import ShardedClasses
@@ -143,7 +144,8 @@ def evaluate_split(eval_fn, dp: parallel.DataParallel, state,
 
   Returns:
     {'metrics': summarized metrics plus `metrics.compactness_metrics`,
-     'features', 'labels' (of the real examples), 'centers'}.
+     'features', 'labels' (of the real examples), 'centers' (of the
+     classes in the split, 'center_classes')}.
   """
   metric_sums, split_features, labels = None, [], []
   for batch in data.epoch_batches(
@@ -158,11 +160,15 @@ def evaluate_split(eval_fn, dp: parallel.DataParallel, state,
     split_features.append(outputs['feature'][real])
     labels.append(outputs['label'][real])
   split_features, labels = np.concatenate(split_features), np.concatenate(labels)
-  centers = parallel.fetch_global(dp.host_state(state).centers)
+  # Only the centers of the split's classes leave the devices: a class-
+  # sharded run's (num_classes, D) centers never gather on one host.
+  classes = np.unique(labels)
+  centers = dp.fetch_rows(dp.host_state(state).centers, classes)
   results = summarize(metric_sums)
-  results.update(metrics.compactness_metrics(split_features, labels, centers))
+  results.update(metrics.compactness_metrics(
+      split_features, np.searchsorted(classes, labels), centers))
   return {'metrics': results, 'features': split_features, 'labels': labels,
-          'centers': centers}
+          'centers': centers, 'center_classes': classes}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -236,9 +242,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   learning_rate_fn = state_lib.create_learning_rate_fn(
       config, steps_per_epoch=steps_per_epoch, total_steps=num_steps)
-  state = state_lib.create_train_state(
-      config, jax.random.key(config.seed), image_shape=dataset.image_shape,
-      num_classes=dataset.num_classes, learning_rate_fn=learning_rate_fn)
+  init_state = functools.partial(
+      state_lib.create_train_state, config, jax.random.key(config.seed),
+      image_shape=dataset.image_shape, num_classes=dataset.num_classes,
+      learning_rate_fn=learning_rate_fn)
+  # Shapes only (a bad model config fails here, before any work): a fresh
+  # run computes the state in its layout, a resume reads it into it.
+  abstract_state = dp.abstract_state(init_state)
 
   os.makedirs(workdir, exist_ok=True)
   with contextlib.ExitStack() as run:
@@ -260,13 +270,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         device_prefetch=pipeline_config.device_prefetch)
     run.callback(lifecycle.close_within, CLOSE_SECONDS, batches.close,
                  'input pipeline')
-    restored = checkpointing.restore_latest(manager, state,
-                                            input_iterator=batches)
-    if restored is not None:
-      state = restored
+    state = restore_checkpoint(manager, abstract_state, config,
+                               input_iterator=batches)
+    if state is None:
+      state = dp.create_state(init_state)
+    start_step = int(parallel.fetch_replicated(state.step))
+    if start_step:
       logging.info('Resumed from the checkpoint at step %d, input at %s.',
-                   int(state.step), batches.get_state())
-    start_step = int(state.step)
+                   start_step, batches.get_state())
     if batches.next_step != start_step:
       if batches.next_step:
         raise RuntimeError(
@@ -280,10 +291,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         workdir, is_main_process=is_main, resume_step=start_step)
     run.callback(lifecycle.close_within, CLOSE_SECONDS, writer.close,
                  'metric writers')
-    if start_step == 0 and is_main:
-      writer.write_hparams(config.to_dict())
-      logging.info('Parameters:\n%s',
-                   parameter_overview.get_parameter_overview(state.params))
+    if start_step == 0:
+      # Statistics computed where the params live, by every process.
+      overview = parameter_overview.get_parameter_overview(
+          state.params, include_stats='global')
+      if is_main:
+        writer.write_hparams(config.to_dict())
+        logging.info('Parameters:\n%s', overview)
 
     state = dp.put_state(state)
     train_fn = dp.compile_train_step(train_step_fn)
@@ -339,6 +353,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     manager.wait_until_finished()
     writer.flush()
   return final['metrics']
+
+
+def restore_checkpoint(manager, abstract_state,
+                       config: ml_collections.ConfigDict, *,
+                       input_iterator: Optional[
+                           data.pipeline.TrainingBatches] = None):
+  """The newest checkpoint in this run's layout, whichever it was saved in.
+
+  A checkpoint of the replicated layout resumes with class_shards > 1 and
+  back (`state.move_classifier`); one of another class_shards is read into
+  this run's shards by Orbax. Each process reads only its shards, straight
+  into their place.
+
+  Args:
+    manager: from `checkpointing.create_manager`.
+    abstract_state: the run's state, e.g. `DataParallel.abstract_state`;
+      its shardings say where each leaf is read to.
+    config: the run's config (`class_shards`, `model.name`).
+    input_iterator: the input pipeline, set to its checkpointed state.
+
+  Returns:
+    The state (in `abstract_state`'s layout), or None without checkpoints.
+  """
+  names = checkpointing.latest_param_names(manager)
+  if names is None:
+    return None
+  class_sharded = config.class_shards > 1
+  scope = models.classifier_scope(config.model.name)
+  saved_sharded = 'classifier' in names and scope not in names
+  if scope == 'classifier' or saved_sharded == class_sharded:
+    return checkpointing.restore_latest(manager, abstract_state,
+                                        input_iterator=input_iterator)
+  logging.info('The checkpoint keeps the classifier %s; moving it.',
+               'outside the model (class-sharded)' if saved_sharded
+               else 'in the model (replicated)')
+  state = checkpointing.restore_latest(
+      manager, state_lib.move_classifier(abstract_state,
+                                         class_sharded=saved_sharded,
+                                         scope=scope),
+      input_iterator=input_iterator)
+  return state_lib.move_classifier(state, class_sharded=class_sharded,
+                                   scope=scope)
 
 
 def _save_checkpoint(manager, dp: parallel.DataParallel, state,
@@ -423,7 +479,7 @@ def _evaluate_and_write(eval_fn, feature_fn, dp, state, step, *, dataset,
     image = reporting.plots.save_feature_plot(
         os.path.join(workdir, f'features_step_{step}.png'),
         result['features'], result['labels'], dataset.class_names,
-        centers=result['centers'],
+        centers=result['centers'], center_classes=result['center_classes'],
         title=(f'{dataset.name} test, step {step}, lambda '
                f'{config.center_loss.weight:g}'))
     writer.write_images(step, {'test/features': image})

@@ -243,3 +243,79 @@ def test_class_shards_must_divide_num_classes():
         num_classes=10, learning_rate_fn=optax.constant_schedule(0.1))
   with pytest.raises(ValueError, match='class_shards=3 does not divide the 8'):
     parallel.DataParallel.create('shard_map', class_shards=3)
+
+
+def _init(config, num_classes=NUM_CLASSES):
+  return functools.partial(
+      training.create_train_state, config, jax.random.key(0),
+      image_shape=IMAGE_SHAPE, num_classes=num_classes,
+      learning_rate_fn=optax.constant_schedule(0.05))
+
+
+def _assert_same_state(got, want):
+  jax.tree.map(np.testing.assert_array_equal,
+               (got.step, got.params, got.opt_state, got.centers,
+                jax.random.key_data(got.rng)),
+               (want.step, want.params, want.opt_state, want.centers,
+                jax.random.key_data(want.rng)))
+
+
+def _assert_placed(state, dp):
+  """Every leaf of `state` is where `dp` trains it."""
+  for leaf, sharding in zip(jax.tree.leaves(state),
+                            jax.tree.leaves(dp.state_shardings(state))):
+    assert leaf.sharding == sharding, (leaf.shape, leaf.sharding, sharding)
+
+
+def test_the_state_is_born_sharded_with_the_host_inits_values():
+  config = _config(4)
+  dp = parallel.DataParallel.create('shard_map', class_shards=4)
+  born = dp.create_state(_init(config))
+  _assert_same_state(born, _init(config)())  # Today's init, on one device.
+  _assert_placed(born, dp)
+  assert born.params['classifier']['kernel'].sharding.spec == P(
+      None, 'classes')
+  assert dp.put_state(born) is born  # Already in place: nothing copied.
+
+
+def test_no_device_computes_a_whole_class_sized_array_at_init():
+  # 64K classes x 8-d: the kernel, its momentum and the centers are 2 MiB
+  # each whole, a quarter of that per class shard.
+  num_classes = 65_536
+  config = _config(4)
+  config.input.num_classes = num_classes
+  dp = parallel.DataParallel.create('shard_map', class_shards=4)
+  init = _init(config, num_classes)
+  whole = num_classes * 8 * 4
+  compiled = jax.jit(init, out_shardings=dp.state_shardings(
+      jax.eval_shape(init))).lower().compile()
+  memory = compiled.memory_analysis()  # Per device.
+  share = 3 * whole // 4  # A quarter of the kernel, momentum and centers.
+  backbone = 64 * 1024
+  assert share <= memory.output_size_in_bytes < share + backbone
+  # Scratch for its own share only (the kernel quarter's random bits and
+  # their transform), not for any whole (num_classes, 8) array.
+  assert memory.temp_size_in_bytes < share + backbone, (
+      memory.temp_size_in_bytes, share)
+
+
+def test_checkpoints_resume_across_class_layouts(runs, tmp_path):
+  """Replicated -> 4 class shards -> 2 -> replicated, through checkpoints:
+  the same values at every stop, each read into its run's layout."""
+  (_, replicated, *_), _ = runs
+  scope_moved = training.state.move_classifier(
+      replicated, class_sharded=True, scope=_CLASSIFIER)
+  previous = parallel.DataParallel.create('shard_map').host_state(replicated)
+  for index, class_shards in enumerate((4, 2, 1)):
+    manager = training.checkpointing.create_manager(
+        str(tmp_path / str(index)), max_to_keep=1)
+    training.checkpointing.save(manager, previous, step=3)
+    config = _config(class_shards)
+    dp = parallel.DataParallel.create('shard_map', class_shards=class_shards)
+    restored = training.trainer.restore_checkpoint(
+        manager, dp.abstract_state(_init(config)), config)
+    manager.close()
+    _assert_same_state(restored, scope_moved if class_shards > 1
+                       else replicated)
+    _assert_placed(restored, dp)
+    previous = restored
