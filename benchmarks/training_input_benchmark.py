@@ -49,6 +49,10 @@ _WORKDIR = flags.DEFINE_string(
 _SHORT = flags.DEFINE_integer('short_steps', 8, 'Steps of the short run.')
 _LONG = flags.DEFINE_integer('long_steps', 40, 'Steps of the long run.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Runs per variant (median).')
+_VARIANTS = flags.DEFINE_list(
+    'variants', ['memory', 'folders', 'packed', 'packed_2_workers'],
+    'Which runs (the in-memory one is always first: the others are '
+    'compared with it).')
 _IN_MEMORY = flags.DEFINE_bool(
     'in_memory', False, 'Internal: be the in-memory child run (the rest of '
     'the command line is the CLI\'s).')
@@ -131,13 +135,19 @@ def main(argv):
   child = [sys.executable, '-m', 'benchmarks.training_input_benchmark',
            '--in_memory']
   packed = f'--config.input.packed_dir={pack_dir}'
-  variants = {
-      'in memory (the pack read into RAM)': (child, [packed]),
-      'folders (JPEG, aligned), 0 workers': (cli, []),
-      'packed records, 0 workers': (cli, [packed]),
-      'packed records, 2 workers': (
-          cli, [packed, '--config.pipeline.num_workers=2']),
+  known = {
+      'memory': ('in memory (the pack read into RAM)', child, [packed]),
+      'folders': ('folders (JPEG, aligned), 0 workers', cli, []),
+      'packed': ('packed records, 0 workers', cli, [packed]),
+      'packed_2_workers': ('packed records, 2 workers', cli,
+                           [packed, '--config.pipeline.num_workers=2']),
   }
+  unknown = set(_VARIANTS.value) - set(known)
+  if unknown:
+    raise app.UsageError(f'Unknown --variants {sorted(unknown)}; expected '
+                         f'some of {sorted(known)}.')
+  names = ['memory'] + [name for name in _VARIANTS.value if name != 'memory']
+  variants = {known[name][0]: known[name][1:] for name in names}
   results = {}
   for name, (program, extra) in variants.items():
     def command(num_steps, program=program, extra=extra):
