@@ -171,13 +171,16 @@ class TrainingBatches(grain.DatasetIterator):
   def set_state(self, state: dict[str, int]) -> None:
     """Continues at `state['next_step']` (from `get_state`, or a checkpoint).
 
+    A step at or past `num_steps` (a run resumed after its end, or made
+    shorter) hands out nothing.
+
     Raises:
-      ValueError: a state without a step in `0 .. num_steps`.
+      ValueError: a state without a non-negative integer `next_step`.
     """
     step = state.get('next_step')
-    if not isinstance(step, int) or not 0 <= step <= self._num_steps:
-      raise ValueError(f'Input state {state}: expected next_step in '
-                       f'0..{self._num_steps}.')
+    if not isinstance(step, int) or step < 0:
+      raise ValueError(f'Input state {state}: expected a non-negative '
+                       'integer next_step.')
     current = self.get_state()
     changed = {key: (state[key], current[key])
                for key in ('seed', 'global_batch_size', 'steps_per_epoch')

@@ -171,8 +171,10 @@ def test_bad_or_changed_input_states_are_named(caplog):
   reader = batching.BatchReader(_in_memory_split(), global_batch_size=8,
                                 seed=0, shuffle=True)
   batches = pipeline.TrainingBatches(reader, num_steps=4)
-  with pytest.raises(ValueError, match=r"next_step in 0\.\.4"):
-    batches.set_state({'next_step': 5})
+  with pytest.raises(ValueError, match='non-negative integer next_step'):
+    batches.set_state({'next_step': -1})
+  batches.set_state({'next_step': 6})  # Past the end (a shorter run): empty.
+  assert list(batches) == []
   with pytest.raises(ValueError, match='device_prefetch must be >= 0, got -2'):
     pipeline.TrainingBatches(reader, num_steps=4, device_prefetch=-2)
   # A resume with another batch size continues by step, and says so.

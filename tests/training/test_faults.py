@@ -398,13 +398,13 @@ def _saved_steps(tmp_path):
   return manager
 
 
-def _input_at(step):
+def _input_at(step, num_steps=100):
   """An input pipeline (grain iterator) standing at `step`."""
   split = data.Split(images=np.zeros((16, 2, 2, 1), np.uint8),
                      labels=np.zeros(16, np.int32), name='train')
   batches = data.pipeline.TrainingBatches(
       data.batching.BatchReader(split, global_batch_size=4, seed=0,
-                                shuffle=True), num_steps=100)
+                                shuffle=True), num_steps=num_steps)
   batches.set_state({'next_step': step})
   return batches
 
@@ -437,6 +437,17 @@ def test_a_checkpoint_whose_data_changed_is_caught_by_its_fingerprint(
   checkpointing.restore_latest(manager, _tiny_state(0.0),
                                input_iterator=batches)
   assert batches.next_step == 8
+
+
+def test_a_run_made_shorter_than_its_checkpoint_resumes_past_its_end(
+    tmp_path):
+  manager = _saved_steps(tmp_path)
+  batches = _input_at(0, num_steps=6)  # --allow_config_change, fewer steps.
+  state = checkpointing.restore_latest(manager, _tiny_state(0.0),
+                                       input_iterator=batches)
+  np.testing.assert_array_equal(state.centers, 8.0)  # Not moved aside.
+  assert batches.next_step == 8 and list(batches) == []
+  assert not (tmp_path / 'checkpoints_corrupt').exists()
 
 
 def test_an_input_state_of_another_process_layout_is_left_to_the_step(
