@@ -107,14 +107,16 @@ def pack_images(images: ImageFiles, labels: np.ndarray,
   """Decodes (and aligns) every image of `images` into a pack in `out_dir`.
 
   Args:
-    images: the lazy images, in label order.
+    images: the lazy images, in the order the pack keeps them.
     labels: (N,) their labels.
     identities: the name of each label.
     out_dir: the pack directory (created; a finished pack there with the
       same source is kept as it is).
     root: the directory the image paths are relative to in fingerprints.
-    source: what the pack is made from, stored in the manifest; its
-      'fingerprint' decides whether a previous pack or progress is reused.
+    source: what the pack is made from, stored in the manifest, with its
+      'landmarks' (the list `images` are aligned with, or None); the
+      manifest adds the `source_fingerprint`, which decides whether a
+      previous pack or progress is reused.
     images_per_shard: images per shard file.
     num_workers: grain worker processes decoding (0: this process).
 
@@ -127,6 +129,9 @@ def pack_images(images: ImageFiles, labels: np.ndarray,
   """
   if images_per_shard < 1:
     raise ValueError(f'images_per_shard must be >= 1, got {images_per_shard}.')
+  source = dict(source, fingerprint=source_fingerprint(
+      images.paths, root, image_shape=images.shape[1:],
+      landmarks=source['landmarks']))
   os.makedirs(out_dir, exist_ok=True)
   manifest_path = os.path.join(out_dir, MANIFEST)
   if os.path.exists(manifest_path):

@@ -51,12 +51,8 @@ def pack_identity_folders(
   images, labels, names = face_folders.identity_folder_images(
       train_dir, image_shape=image_shape, landmarks=landmarks,
       min_images_per_identity=int(min_images_per_identity))
-  source = {
-      'train_dir': os.path.abspath(train_dir), 'landmarks': landmarks,
-      'min_images_per_identity': int(min_images_per_identity),
-      'fingerprint': packed.source_fingerprint(
-          images.paths, train_dir, image_shape=image_shape,
-          landmarks=landmarks)}
+  source = {'train_dir': os.path.abspath(train_dir), 'landmarks': landmarks,
+            'min_images_per_identity': int(min_images_per_identity)}
   return packed.pack_images(images, labels, names, out_dir, root=train_dir,
                             source=source, images_per_shard=images_per_shard,
                             num_workers=num_workers)
@@ -100,12 +96,8 @@ def pack_pairs_set(
   names = sorted(set(folders))
   label_of = {name: label for label, name in enumerate(names)}
   labels = np.array([label_of[folder] for folder in folders], np.int32)
-  source = {
-      'pairs_dir': os.path.abspath(pairs_dir),
-      'pairs_file': os.path.abspath(pairs_file), 'landmarks': landmarks,
-      'fingerprint': packed.source_fingerprint(
-          images.paths, pairs_dir, image_shape=image_shape,
-          landmarks=landmarks)}
+  source = {'pairs_dir': os.path.abspath(pairs_dir),
+            'pairs_file': os.path.abspath(pairs_file), 'landmarks': landmarks}
   return packed.pack_images(images, labels, names, out_dir, root=pairs_dir,
                             source=source, images_per_shard=images_per_shard,
                             num_workers=num_workers)
