@@ -87,6 +87,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.lr_boundaries = (5000, 8000, 10000)
   config.lr_decay_factor = 0.8
   config.warmup_epochs = 0.0
+  # Clip the gradients to this global L2 norm before the optimizer (the norm
+  # of all of them, a class-sharded classifier's shards included; logged as
+  # grad_norm); None: no clipping, as the reference solver.
+  config.grad_clip_norm = ml_collections.config_dict.placeholder(float)
 
   config.batch_size = 128                # Global batch, across all devices.
   # K > 0: batches of batch_size / K identities with K images each (P x K),

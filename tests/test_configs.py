@@ -11,9 +11,8 @@ from centerloss_jax import data
 from centerloss_jax import models
 from centerloss_jax import training
 
-LENET_CONFIGS = ['default', 'face_scale', 'fashion_mnist_lenetpp',
-                 'mnist_lenetpp']
-FACE_CONFIGS = ['casia_webface_face_resnet', 'synthetic_faces']
+LENET_CONFIGS = ['default', 'fashion_mnist_lenetpp', 'mnist_lenetpp']
+FACE_CONFIGS = ['casia_webface_face_resnet', 'face_scale', 'synthetic_faces']
 CONFIGS = LENET_CONFIGS + FACE_CONFIGS
 
 

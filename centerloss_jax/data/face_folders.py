@@ -30,6 +30,7 @@ from centerloss_jax.data.image_files import IMAGE_EXTENSIONS
 from centerloss_jax.data.image_files import ImageFiles
 from centerloss_jax.data.image_files import list_images
 from centerloss_jax.data import packed
+from centerloss_jax.data.types import check_num_classes
 from centerloss_jax.data.types import Dataset
 from centerloss_jax.data.types import IdentificationSet
 from centerloss_jax.data.types import PairsSet
@@ -410,7 +411,8 @@ def load_identity_folders(
 
   Args:
     train_dir: root of the identity folders (`scan_identity_folders`).
-    num_classes: must equal the number of identities found.
+    num_classes: at least the number of identities found (more: padding,
+      see `types.check_num_classes`).
     name: the dataset's name, for plot titles.
     landmarks: path of a landmark list for the training images (paths
       relative to `train_dir`), or None to centre-crop images that are
@@ -482,11 +484,8 @@ def load_identity_folders(
           paths, train_dir, image_shape=image_shape, landmarks=landmarks)
     images, labels, names = packed.open_pack(
         packed_dir, image_shape=image_shape, fingerprint=fingerprint)
-  num_classes = int(num_classes)
-  if num_classes != len(names):
-    raise ValueError(
-        f'num_classes={num_classes} but {len(names)} identities were found '
-        f'in {packed_dir or train_dir!r}; set num_classes to {len(names)}.')
+  num_classes = check_num_classes(num_classes, len(names),
+                                  repr(packed_dir or train_dir))
 
   is_test = _held_out_mask(labels, len(names), held_out, test_split,
                            seed=int(split_seed))

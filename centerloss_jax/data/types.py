@@ -9,7 +9,41 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional, Tuple
 
+from absl import logging
 import numpy as np
+
+
+def check_num_classes(num_classes: int, num_identities: int,
+                      source: str) -> int:
+  """`num_classes` as an int, if it leaves a class for every identity.
+
+  Identity `i` is class `i`. More classes than identities pad the
+  classifier and the centers with classes no image has (their logits are
+  only pushed down by the softmax, and their centers never move): the way
+  to make `num_classes` a multiple of `class_shards`, or to try a
+  class-sharded run at a size no data set here has. That is logged, since
+  it also follows from a typo.
+
+  Args:
+    num_classes: the config's `input.num_classes`.
+    num_identities: the identities the source found or draws.
+    source: where they come from, for the messages.
+
+  Raises:
+    ValueError: fewer classes than identities, naming both counts.
+  """
+  num_classes = int(num_classes)
+  if num_classes < num_identities:
+    raise ValueError(
+        f'num_classes={num_classes} but {source} has {num_identities} '
+        f'identities; set num_classes to at least {num_identities} (each '
+        'identity is a class).')
+  if num_classes > num_identities:
+    logging.warning(
+        '%s has %d identities and num_classes=%d: classes %d.. have no '
+        'images (padding).', source, num_identities, num_classes,
+        num_identities)
+  return num_classes
 
 
 def validate_labels(labels: np.ndarray, num_classes: int, split: str) -> None:
@@ -141,7 +175,9 @@ class Dataset:
     train: the training split.
     test: the test split (closed set: the training classes).
     num_classes: number of classes.
-    class_names: one name per class.
+    class_names: one name per class that has images (classes
+      `[0, len(class_names))`; a padded classifier's further classes have
+      none, see `check_num_classes`).
     image_shape: (H, W, C) of one image.
     verification: open-set verification pairs of identities not in `train`
       (face datasets), or None.

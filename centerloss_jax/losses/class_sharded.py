@@ -10,7 +10,8 @@ replicated over `'classes'`, so every class shard sees the same examples.
 
 Exactness. Every function equals its replicated counterpart
 (`center.center_loss`, `center.update_centers`,
-`softmax.softmax_cross_entropy_loss`, `jnp.argmax`) up to float
+`softmax.softmax_cross_entropy_loss`, `margin.margin_logits` of
+`margin.cosine_scores`, `jnp.argmax`) up to float
 reassociation, values and gradients alike:
 
 * `class_sharded_center_loss`: each example's center lives on exactly one
@@ -27,6 +28,11 @@ reassociation, values and gradients alike:
   batch axis) for its classes; the log-sum-exp is a `pmax` of row maxima and
   a `psum` of per-shard sums of exponentials, and the target logit is picked
   on its owner shard and `psum`-ed.
+* `class_sharded_margin_logits` (SphereFace, CosFace, ArcFace, partial-FC
+  style): the cosines are per (row, column), and the margins elementwise
+  with the target found by column index, so each shard applies
+  `margin.margin_logits` to its own columns with the labels shifted into
+  them; the cross-entropy is then the one above.
 
 Communication per step, independent of C: the all-gather of the batch over
 the batch axis (features for the logits and for `update_centers`, labels,
@@ -78,6 +84,7 @@ import jax.numpy as jnp
 from centerloss_jax.losses import center
 from centerloss_jax.losses import common
 from centerloss_jax.losses import diagnostics
+from centerloss_jax.losses import margin
 
 Array = jax.Array
 
@@ -133,6 +140,15 @@ def _check_logits(logits_shard, labels, weights=None) -> None:
   """Raises ValueError/TypeError (at trace time) for ill-shaped logits."""
   common.check_rows(logits_shard, labels, weights, rows_name='logits_shard',
                     columns='num_local_classes')
+
+
+def _check_features_and_kernel(features, kernel_shard) -> None:
+  """Raises ValueError (at trace time) unless (batch, D) and (D, C / M)."""
+  if (jnp.ndim(features) != 2 or jnp.ndim(kernel_shard) != 2
+      or jnp.shape(kernel_shard)[0] != jnp.shape(features)[1]):
+    raise ValueError(
+        'features must have shape (batch, D) and kernel_shard (D, C / M), got '
+        f'shapes {jnp.shape(features)} and {jnp.shape(kernel_shard)}.')
 
 
 def _global_weights(labels: Array, weights: Optional[Array],
@@ -389,12 +405,66 @@ def class_sharded_logits(features: Array, kernel_shard: Array, *,
     (global_batch, C / M) logits of this shard's classes: the examples of all
     `batch_axis` replicas in order, or (batch, C / M) without `batch_axis`.
   """
-  if (jnp.ndim(features) != 2 or jnp.ndim(kernel_shard) != 2
-      or jnp.shape(kernel_shard)[0] != jnp.shape(features)[1]):
-    raise ValueError(
-        'features must have shape (batch, D) and kernel_shard (D, C / M), got '
-        f'shapes {jnp.shape(features)} and {jnp.shape(kernel_shard)}.')
+  _check_features_and_kernel(features, kernel_shard)
   return _copy_to_shards(features, class_axis, batch_axis) @ kernel_shard
+
+
+def class_sharded_margin_logits(kind: str, features: Array,
+                                kernel_shard: Array, labels: Array, *,
+                                class_axis: str,
+                                batch_axis: Optional[str] = None,
+                                epsilon: float = common.EPSILON,
+                                **hparams) -> tuple[Array, Array]:
+  """This shard's columns of a margin softmax's cosines and logits.
+
+  The class-sharded form of a cosine classifier (`margin.cosine_scores`)
+  followed by `margin.margin_logits(kind, ...)`, for the global batch, as
+  `class_sharded_logits` is of the linear classifier: the features are
+  all-gathered over `batch_axis` and every device scores them against its
+  classes. The margin functions are elementwise, with the target column
+  found by comparing the label with the column index; here the labels are
+  shifted into this shard's columns first, and a label of another shard (or
+  an invalid one) selects no column, so each shard adds the margin exactly
+  where the replicated computation would. SphereFace's feature norm is taken
+  of the gathered features, on every shard. Feed the logits to
+  `class_sharded_softmax_cross_entropy_loss` with the same labels.
+
+  Gradients: the kernel's is this shard's, complete (do not reduce it over
+  `batch_axis`); the features' is summed over the class shards, as in
+  `class_sharded_logits`.
+
+  Communication: the all-gather of the (batch, D) features over `batch_axis`
+  forward, a (batch, D) `psum` over `class_axis` backward; nothing of size C.
+
+  Args:
+    kind: 'sphereface', 'cosface' or 'arcface' (`margin.MARGIN_KINDS`).
+    features: (batch, D) features of this device's examples, identical across
+      `class_axis`.
+    kernel_shard: (D, C / M) this device's columns of the cosine
+      classifier's kernel.
+    labels: (global_batch,) integer global class ids of the gathered batch
+      (all-gathered over `batch_axis` like the features), identical across
+      `class_axis`.
+    class_axis: the mesh axis the classes are sharded over.
+    batch_axis: the mesh axis the batch is sharded over, if any.
+    epsilon: the normalisation floor of `margin.cosine_scores`.
+    **hparams: the margin's keyword arguments (`margin.margin_logits`).
+
+  Returns:
+    (cosines, logits), both (global_batch, C / M) float32: the cosines are
+    the scores to take the argmax of (no margin at test time), the logits
+    the training logits.
+
+  Raises:
+    ValueError: for ill-shaped inputs, an unknown kind or bad
+      hyper-parameters.
+  """
+  _check_features_and_kernel(features, kernel_shard)
+  gathered = _copy_to_shards(features, class_axis, batch_axis)
+  cosines = margin.cosine_scores(gathered, kernel_shard, epsilon=epsilon)
+  _, local = _local_labels(labels, kernel_shard.shape[1], class_axis)
+  return cosines, margin.margin_logits(kind, cosines, local, gathered,
+                                       **hparams)
 
 
 def class_sharded_softmax_cross_entropy_loss(

@@ -51,6 +51,34 @@ def _check_non_negative(name: str, value: Any) -> None:
     raise ValueError(f'{name} must be >= 0, got {value}.')
 
 
+def cosine_scores(features: Array, kernel: Array, *,
+                  epsilon: float = common.EPSILON) -> Array:
+  """(batch, C) float32 cosines between features and the kernel's columns.
+
+  What a normalised classifier feeds the margin losses: the L2-normalised
+  features times the L2-normalised class weights (columns of the
+  (D, C) kernel), clipped to [-1, 1], since rounding can leave |cos| a few
+  ulps above 1 and arccos is NaN there. Float32 whatever the inputs' dtype:
+  cosines near 1 are where the angular margins act, and bfloat16's 8-bit
+  mantissa would quantise the angle there coarsely (cos 0.5 degrees =
+  0.99996 rounds to 1). Each cosine reads one feature row and one kernel
+  column, so a kernel split by columns (`class_sharded`) needs nothing else.
+
+  Args:
+    features: (batch, D) features.
+    kernel: (D, C) class weights, one column per class.
+    epsilon: norms below this are treated as `epsilon` (a zero feature gives
+      cosines of 0, not NaN).
+  """
+  unit_features = common.l2_normalize(features.astype(jnp.float32),
+                                      epsilon=epsilon)
+  unit_kernel = common.l2_normalize(kernel.astype(jnp.float32), axis=0,
+                                    epsilon=epsilon)
+  cosines = jnp.dot(unit_features, unit_kernel,
+                    precision=jax.lax.Precision.HIGHEST)
+  return jnp.clip(cosines, -1.0, 1.0)
+
+
 def target_mask(labels: Array, num_classes: int) -> Array:
   """(batch, num_classes) bool, True at each valid label's column only.
 

@@ -44,9 +44,8 @@ def check_classifier(classifier: str) -> None:
 class CosineClassifier(nn.Module):
   """Cosines between the features and the class weight vectors.
 
-  Computed in float32 whatever the input dtype: cosines near 1 are where the
-  angular margins act, and bfloat16's 8-bit mantissa would quantise the angle
-  there coarsely (cos 0.5 degrees = 0.99996 rounds to 1).
+  `losses.margin.cosine_scores` of the features and the kernel: float32
+  whatever the input dtype, clipped to [-1, 1].
 
   Attributes:
     num_classes: number of classes (kernel columns).
@@ -67,14 +66,8 @@ class CosineClassifier(nn.Module):
     """
     kernel = self.param('kernel', self.kernel_init,
                         (features.shape[-1], self.num_classes), jnp.float32)
-    unit_features = losses.l2_normalize(features.astype(jnp.float32),
-                                        epsilon=self.epsilon)
-    unit_kernel = losses.l2_normalize(kernel, axis=0, epsilon=self.epsilon)
-    cosines = jnp.dot(unit_features, unit_kernel,
-                      precision=jax.lax.Precision.HIGHEST)
-    # Rounding can leave |cos| a few ulps above 1, and arccos in the
-    # angular-margin losses is NaN there.
-    return jnp.clip(cosines, -1.0, 1.0)
+    return losses.margin.cosine_scores(features, kernel,
+                                       epsilon=self.epsilon)
 
 
 def classifier_head(classifier: str, num_classes: int, *, name: str,

@@ -13,11 +13,17 @@ shards; `state.centers` is this device's (C / M, D) rows,
 `state.params['classifier']['kernel']` its (D, C / M) columns (and so are
 the kernel's optimizer-state twins), the rest replicated.
 
+The classifier loss is softmax or a margin softmax (SphereFace, CosFace,
+ArcFace on the cosine classifier), each with the center loss; the pair
+losses need `class_shards=1`.
+
 Gradients: the backbone's are `psum`-ed over the batch axis as in the
 replicated step; the kernel's are not, since every batch replica computes
 them from the whole global batch (`class_sharded_logits`). The optimizer
 acts on each shard alone, which is exact for the elementwise SGD/AdamW of
-`state.create_optimizer` (a global-norm clip would not be).
+`state.create_optimizer`; a global-norm clip (`config.grad_clip_norm`) is
+applied by the step before it, with the norm of all shards together
+(`global_norm`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from centerloss_jax.losses import class_sharded
 from centerloss_jax.training.parallel import CLASS_AXIS
@@ -54,13 +61,13 @@ class ShardedClasses:
   class_axis: str = CLASS_AXIS
 
   def check_losses(self, classifier_loss, pair_loss):
-    """Softmax (+ center loss) only: the margin and pair losses need every
-    class's scores, or the whole batch's features, on one device."""
-    if classifier_loss.kind != 'softmax' or pair_loss is not None:
+    """Every classifier loss (softmax and the margins), + center loss; no
+    pair loss, which this layout does not compute."""
+    del classifier_loss  # All of `objectives.CLASSIFIER_LOSSES`.
+    if pair_loss is not None:
       raise ValueError(
-          'Class-sharded steps support the softmax classifier loss without '
-          f'a pair loss, got classifier loss {classifier_loss.kind!r} and '
-          f'pair loss {pair_loss.kind if pair_loss else None!r}.')
+          'Class-sharded steps do not support a pair loss, got '
+          f'loss.pair={pair_loss.kind!r}; use class_shards=1 for it.')
 
   def num_classes(self, centers):
     return centers.shape[0] * jax.lax.axis_size(self.class_axis)
@@ -73,20 +80,31 @@ class ShardedClasses:
                      *, classifier_loss, axis_name):
     """The global batch's cross-entropy, on every batch replica.
 
-    `class_sharded_logits` hands each replica only its own rows' feature
-    gradient, so the backbone's psum counts every example once; the metrics
-    take this replica's own rows.
+    The linear classifier's logits (softmax) or the cosine classifier's
+    cosines with the margin at the label (SphereFace, CosFace, ArcFace),
+    scored against this device's classes. Either hands each replica only
+    its own rows' feature gradient, so the backbone's psum counts every
+    example once; the metrics take this replica's own rows.
     """
-    del model_logits, classifier_loss  # Softmax only (`check_losses`).
+    del model_logits  # The model ran without its (split) classifier.
     _, kernel = split_classifier(params)
-    logits = class_sharded.class_sharded_logits(
-        features.astype(self.dtype), kernel.astype(self.dtype),
-        class_axis=self.class_axis, batch_axis=axis_name)
-    # The logits are of the global batch: pair them with its labels/weights.
+    # The scores are of the global batch: pair them with its labels/weights.
     global_labels, global_weights = jax.lax.all_gather(
         (labels, weights), axis_name, axis=0, tiled=True)
+    if classifier_loss.kind == 'softmax':
+      logits = class_sharded.class_sharded_logits(
+          features.astype(self.dtype), kernel.astype(self.dtype),
+          class_axis=self.class_axis, batch_axis=axis_name)
+      training_logits = logits
+    else:
+      # Float32 like the replicated `CosineClassifier`, whatever the dtype.
+      logits, training_logits = class_sharded.class_sharded_margin_logits(
+          classifier_loss.kind, features, kernel, global_labels,
+          class_axis=self.class_axis, batch_axis=axis_name,
+          **dict(classifier_loss.hparams))
     global_ce = class_sharded.class_sharded_softmax_cross_entropy_loss(
-        logits, global_labels, class_axis=self.class_axis, reduction='none')
+        training_logits, global_labels, class_axis=self.class_axis,
+        reduction='none')
     return Classification(
         loss_sum=jnp.sum(global_weights * global_ce),
         cross_entropy=_own_rows(global_ce, labels.shape[0], axis_name),
@@ -122,6 +140,14 @@ class ShardedClasses:
     backbone_grads, kernel_grad = split_classifier(grads)
     return {**psum(backbone_grads, axis_name),
             'classifier': {'kernel': kernel_grad}}
+
+  def global_norm(self, grads):
+    """The backbone's squared norm (replicated) plus the kernel shards'
+    summed over the class axis: the norm of the whole, unsplit gradient."""
+    backbone_grads, kernel_grad = split_classifier(grads)
+    kernel_squared = jnp.sum(jnp.square(kernel_grad.astype(jnp.float32)))
+    return jnp.sqrt(optax.tree.norm(backbone_grads, squared=True)
+                    + jax.lax.psum(kernel_squared, self.class_axis))
 
   def outputs(self, features, classification):
     del features, classification

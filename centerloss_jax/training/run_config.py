@@ -73,6 +73,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     value = config[field]
     _require(_is_number(value) and value >= 0, field, value,
              'a finite number >= 0')
+  clip = config.grad_clip_norm
+  _require(clip is None or (_is_number(clip) and clip > 0), 'grad_clip_norm',
+           clip, 'None (no clipping) or a finite number > 0')
   _require(config.schedule in SCHEDULES, 'schedule', config.schedule,
            f'one of {SCHEDULES}')
   if config.num_train_steps <= 0:

@@ -22,6 +22,7 @@ from typing import Any, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from centerloss_jax import losses
 from centerloss_jax.training.objectives import ClassifierLoss
@@ -95,6 +96,10 @@ class ClassLayout(Protocol):
   def reduce_gradients(self, grads: Any, axis_name: Optional[str]) -> Any:
     """The gradient of the global objective from this replica's."""
 
+  def global_norm(self, grads: Any) -> jax.Array:
+    """The L2 norm of all of the reduced gradients, every shard's together
+    (the same on every device)."""
+
   def outputs(self, features: jax.Array,
               classification: Classification) -> dict[str, jax.Array]:
     """Per-example eval outputs besides the batch's own fields."""
@@ -147,9 +152,27 @@ class ReplicatedClasses:
   def reduce_gradients(self, grads, axis_name):
     return psum(grads, axis_name)
 
+  def global_norm(self, grads):
+    return optax.tree.norm(grads)
+
   def outputs(self, features, classification):
     del features
     return {'logits': classification.logits}
+
+
+def clip_by_global_norm(grads: Any, norm: jax.Array,
+                        max_norm: float) -> Any:
+  """`grads` scaled to global norm `max_norm` if `norm` exceeds it.
+
+  The rule of `optax.clip_by_global_norm`, value for value, with the norm
+  given: under class sharding a clip inside the optimizer would see only
+  this device's shard of the classifier, so the step computes the norm
+  (`ClassLayout.global_norm`) and clips before the optimizer.
+  """
+  keep = norm < max_norm
+  return jax.tree.map(
+      lambda g: jax.lax.select(keep, g, (g / norm.astype(g.dtype)) * max_norm),
+      grads)
 
 
 def apply_model(state: TrainState, params, images, *, train: bool,
@@ -216,6 +239,7 @@ def metric_sums(features, labels, batch_weights, *, num_classes,
 
 def train_step(state: TrainState, batch: Batch, *, objective: Objective,
                classes: ClassLayout = ReplicatedClasses(),
+               grad_clip_norm: Optional[float] = None,
                axis_name: Optional[str] = None
                ) -> tuple[TrainState, Metrics]:
   """One optimizer step on Eq. 5 and Eq. 4 on the centers.
@@ -234,6 +258,9 @@ def train_step(state: TrainState, batch: Batch, *, objective: Objective,
     batch: {'image': (b, H, W, C), 'label': (b,) int, 'weight': (b,)}.
     objective: the terms of the loss and the centers' rate.
     classes: where the classes live (default: on every device).
+    grad_clip_norm: if set, the reduced gradients are clipped to this global
+      norm before the optimizer (`clip_by_global_norm`), and the metrics
+      gain 'grad_norm', the norm before clipping.
     axis_name: the replica axis under pmap/shard_map, None under plain jit.
 
   Returns:
@@ -278,6 +305,9 @@ def train_step(state: TrainState, batch: Batch, *, objective: Objective,
   grads, (features, batch_stats, classification, distances, pair_terms) = (
       jax.grad(loss_fn, has_aux=True)(state.params))
   grads = classes.reduce_gradients(grads, axis_name)
+  if grad_clip_norm is not None:
+    grad_norm = classes.global_norm(grads)
+    grads = clip_by_global_norm(grads, grad_norm, grad_clip_norm)
   # Centers by Eq. 4 from the same batch and the same (pre-update) centers
   # the loss used: the paper's Algorithm 1.
   centers = classes.update_centers(
@@ -298,6 +328,10 @@ def train_step(state: TrainState, batch: Batch, *, objective: Objective,
     metrics['pair_count'] = pair_terms['pair_count']
     # Summarised per example: how much the pair term has to work with.
     metrics['pair_positives'] = psum(pair_terms['pair_positives'], axis_name)
+  if grad_clip_norm is not None:
+    # A sum like the others (the norm times the global weight), so that over
+    # several steps `summarize` gives the example-weighted mean norm.
+    metrics['grad_norm'] = grad_norm * metrics['weight']
   if axis_name is not None and state.batch_stats:
     batch_stats = jax.lax.pmean(batch_stats, axis_name)
   state = state.apply_gradients(grads=grads, centers=centers,

@@ -95,7 +95,8 @@ def step_functions(config: ml_collections.ConfigDict):
   classes = class_layout(config)
   classes.check_losses(objective.classifier_loss, objective.pair_loss)
   return (functools.partial(steps.train_step, objective=objective,
-                            classes=classes),
+                            classes=classes,
+                            grad_clip_norm=config.grad_clip_norm),
           functools.partial(steps.eval_step,
                             classifier_loss=objective.classifier_loss,
                             center_normalize=objective.center_normalize,

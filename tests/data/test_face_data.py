@@ -381,8 +381,12 @@ def test_load_identity_folders(tmp_path):
       **dict(config, train_subset=2, pairs_dir=None, pairs_file=None))
   assert subset.train.labels.tolist() == [0, 0]
   assert subset.verification is None
-  with pytest.raises(ValueError, match='num_classes=4 but 3 identities'):
-    face_folders.load_identity_folders(**dict(config, num_classes=4))
+  with pytest.raises(ValueError, match='num_classes=2 but .* has 3 identities'):
+    face_folders.load_identity_folders(**dict(config, num_classes=2))
+  # More classes than identities: a padded classifier, classes 3.. unseen.
+  padded = face_folders.load_identity_folders(**dict(config, num_classes=8))
+  assert padded.num_classes == 8 and len(padded.class_names) == 3
+  assert padded.train.labels.tolist() == dataset.train.labels.tolist()
   with pytest.raises(ValueError, match="test_split must be one of .*'first'"):
     face_folders.load_identity_folders(**dict(config, test_split='first'))
   landmarks = tmp_path / 'landmarks.txt'
@@ -541,8 +545,12 @@ def test_load_synthetic_faces():
       dataset.train, global_batch_size=4, epoch=0, seed=0, shuffle=True))
   assert batch['image'].shape == (4,) + SHAPE
 
-  with pytest.raises(ValueError, match='num_classes=7'):
-    sf.load_synthetic_faces(**dict(SYNTHETIC_CONFIG, num_classes=7))
+  with pytest.raises(ValueError,
+                     match=r'num_classes=5 but .*num_train_identities\) has 6'):
+    sf.load_synthetic_faces(**dict(SYNTHETIC_CONFIG, num_classes=5))
+  padded = sf.load_synthetic_faces(**dict(SYNTHETIC_CONFIG, num_classes=16))
+  assert padded.num_classes == 16 and len(padded.class_names) == 6
+  np.testing.assert_array_equal(padded.train.labels, dataset.train.labels)
   # Through the registry, as from a config: None is the loader's default.
   only_train = data.load_dataset('synthetic_faces', **dict(
       SYNTHETIC_CONFIG, num_verification_identities=0,

@@ -257,6 +257,68 @@ def test_cross_entropy_gradients_to_features_and_kernel_equal_optax(mesh):
                                err_msg=f'kernel gradient, replica {replica}')
 
 
+_MARGINS = {'cosface': {'scale': 16.0, 'margin': 0.35},
+            'arcface': {'scale': 16.0, 'margin': 0.5},
+            'sphereface': {'margin': 4, 'blend': 1.0}}
+
+
+def _reference_margin_terms(kind, x, k, labels, weights):
+  """The replicated margin softmax on one device: (sum of weighted CE, CE)."""
+  logits = loss_lib.margin_logits(kind, loss_lib.margin.cosine_scores(x, k),
+                                  labels, x, **_MARGINS[kind])
+  ce = loss_lib.softmax_cross_entropy_loss(logits, labels, weights,
+                                           reduction='none')
+  return jnp.sum(ce), ce
+
+
+@pytest.mark.parametrize('kind', sorted(_MARGINS))
+def test_margin_softmax_and_its_gradients_equal_the_replicated_loss(mesh,
+                                                                   kind):
+  features, labels, weights, kernel = _classifier_inputs()
+  # A cosine near -1 (ArcFace's other branch) and one exactly 1.
+  features[6] = -kernel[:, labels[6]]
+  features[9] = kernel[:, labels[9]]
+
+  def fn(x, y, w, k):
+    all_y, all_w = (jax.lax.all_gather(v, 'batch', tiled=True) for v in (y, w))
+
+    def total(x, k):
+      cosines, logits = class_sharded.class_sharded_margin_logits(
+          kind, x, k, all_y, class_axis='classes', batch_axis='batch',
+          **_MARGINS[kind])
+      ce = class_sharded.class_sharded_softmax_cross_entropy_loss(
+          logits, all_y, all_w, class_axis='classes', reduction='none')
+      return jnp.sum(ce), (ce, cosines)
+    (grad_x, grad_k), (ce, cosines) = jax.grad(
+        total, argnums=(0, 1), has_aux=True)(x, k)
+    return _per_class_shard(ce), cosines[None], _per_class_shard(grad_x), \
+        grad_k[None]
+
+  ce, cosines, grad_x, grad_k = _run(
+      fn, mesh, [P('batch'), P('batch'), P('batch'), P(None, 'classes')],
+      (P('classes', None), P('batch', None, 'classes'),
+       P('classes', 'batch'), P('batch', None, 'classes')),
+      features, labels, weights, kernel)
+  reference = jax.jit(functools.partial(_reference_margin_terms, kind))
+  _, expected_ce = reference(features, kernel, labels, weights)
+  expected_x, expected_k = jax.jit(jax.grad(
+      lambda *a: reference(*a)[0], argnums=(0, 1)))(features, kernel, labels,
+                                                    weights)
+  expected_cosines = loss_lib.margin.cosine_scores(features, kernel)
+  assert expected_ce[0] == expected_ce[14] == 0.0   # Invalid labels.
+  assert np.abs(expected_x).max() > 0 and np.abs(expected_k).max() > 0
+  for shard in range(CLASS_SHARDS):
+    np.testing.assert_allclose(ce[shard], expected_ce, **_TOL,
+                               err_msg=f'{kind} CE, class shard {shard}')
+    np.testing.assert_allclose(grad_x[shard], expected_x, **_TOL,
+                               err_msg=f'{kind} feature gradient, {shard}')
+  for replica in range(BATCH_SHARDS):
+    np.testing.assert_allclose(cosines[replica], expected_cosines, **_TOL,
+                               err_msg=f'{kind} cosines, replica {replica}')
+    np.testing.assert_allclose(grad_k[replica], expected_k, **_TOL,
+                               err_msg=f'{kind} kernel gradient, {replica}')
+
+
 def test_argmax_accuracy_matches_jnp_argmax_with_ties_and_nan(mesh):
   rng = np.random.default_rng(2)
   logits = rng.normal(size=(GLOBAL_BATCH, NUM_CLASSES)).astype(np.float32)
@@ -326,8 +388,10 @@ STEP_IN_SPECS = (PARAM_SPECS, P('classes', None), P('batch'), P('batch'),
 STEP_OUT_SPECS = (PARAM_SPECS, P('classes', None), P())
 
 
-def sharded_train_step(params, centers, x, labels, weights):
-  """Per device: SGD on CE + lambda * center loss, then Eq. 4 (sharded)."""
+def sharded_train_step(params, centers, x, labels, weights,
+                       margin_kind=None):
+  """Per device: SGD on CE + lambda * center loss, then Eq. 4 (sharded);
+  with `margin_kind`, the CE of that margin softmax on cosines."""
   num_classes = centers.shape[0] * jax.lax.axis_size('classes')
   w = weights * loss_lib.valid_label_mask(labels, num_classes)
   all_labels, all_w = (jax.lax.all_gather(v, 'batch', tiled=True)
@@ -336,8 +400,13 @@ def sharded_train_step(params, centers, x, labels, weights):
 
   def loss_fn(params):
     features = x @ params['w_feat']
-    logits = class_sharded.class_sharded_logits(features, params['kernel'],
-                                    class_axis='classes', batch_axis='batch')
+    if margin_kind is None:
+      logits = class_sharded.class_sharded_logits(
+          features, params['kernel'], class_axis='classes', batch_axis='batch')
+    else:
+      _, logits = class_sharded.class_sharded_margin_logits(
+          margin_kind, features, params['kernel'], all_labels,
+          class_axis='classes', batch_axis='batch')
     ce = jnp.sum(all_w * class_sharded.class_sharded_softmax_cross_entropy_loss(
         logits, all_labels, class_axis='classes', reduction='none'))          # Global batch.
     center = jnp.sum(class_sharded.class_sharded_center_loss(
@@ -465,10 +534,17 @@ def _compiled_step_text(num_classes, step_fn=sharded_train_step,
   ).as_text()
 
 
-def test_train_step_communication_does_not_grow_with_num_classes():
+# Module-level, so that `_compiled_step_text`'s cache recognises it.
+arcface_train_step = functools.partial(sharded_train_step,
+                                       margin_kind='arcface')
+
+
+@pytest.mark.parametrize('step_fn', [sharded_train_step, arcface_train_step],
+                         ids=['softmax', 'arcface'])
+def test_train_step_communication_does_not_grow_with_num_classes(step_fn):
   sizes = {}
   for num_classes in _BIG_CLASSES:
-    found = hlo_stats.collectives(_compiled_step_text(num_classes))
+    found = hlo_stats.collectives(_compiled_step_text(num_classes, step_fn))
     assert found, 'No collectives parsed: the HLO parser is broken.'
     class_sized = _class_sized(found, num_classes)
     assert not class_sized, (

@@ -177,21 +177,21 @@ def test_loss_configs_validate_with_clear_errors():
     training.PairLoss.from_config(_loss_config(pair='triplet', pair_margin=-1.0))
 
 
-def test_class_sharding_rejects_the_compared_losses():
+def test_class_sharding_takes_the_margins_and_rejects_the_pair_losses():
   config = default.get_config()
   config.parallel = 'shard_map'
   config.class_shards = 2
   config.loss.classifier = 'cosface'
-  with pytest.raises(ValueError, match="'cosface'"):
-    training.trainer.step_functions(config)
+  training.trainer.step_functions(config)  # Margins run class-sharded.
   config.loss.classifier = 'softmax'
   config.loss.pair = 'triplet'
-  with pytest.raises(ValueError, match="'triplet'"):
+  with pytest.raises(ValueError, match="loss.pair='triplet'.*class_shards=1"):
     training.trainer.step_functions(config)
   # The step itself refuses too, for users who build their own.
-  with pytest.raises(ValueError, match="'arcface'"):
+  with pytest.raises(ValueError, match="'contrastive'"):
     training.class_sharded_steps.ShardedClasses().check_losses(
-        training.ClassifierLoss('arcface'), None)
+        training.ClassifierLoss('arcface'),
+        training.PairLoss.from_config(_loss_config(pair='contrastive')))
 
 
 def test_feature_step_concatenates_image_and_mirror_features():

@@ -294,6 +294,7 @@ def test_a_non_finite_test_loss_stops_before_its_record_is_written(
     ('checkpoint_every_steps', 0, r'checkpoint_every_steps must be an '
      r'integer >= 1, got 0'),
     ('log_every_steps', 0, r'log_every_steps must be an integer >= 1'),
+    ('grad_clip_norm', 0.0, r'grad_clip_norm must be None .* > 0, got 0.0'),
 ])
 def test_bad_values_are_refused_before_the_workdir_is_touched(
     tiny_idx_dir, tmp_path, field, value, message):

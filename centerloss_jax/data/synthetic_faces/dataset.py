@@ -16,6 +16,7 @@ from centerloss_jax.data.image_files import check_image_shape
 from centerloss_jax.data.synthetic_faces import identities
 from centerloss_jax.data.synthetic_faces.rendering import DEFAULT_IMAGE_SHAPE
 from centerloss_jax.data.synthetic_faces.rendering import render
+from centerloss_jax.data.types import check_num_classes
 from centerloss_jax.data.types import Dataset
 from centerloss_jax.data.types import IdentificationSet
 from centerloss_jax.data.types import PairsSet
@@ -164,7 +165,8 @@ def load_synthetic_faces(
     probe_images_per_identity: images of each probe identity.
     num_distractors: one image of each of this many further identities from
       `DISTRACTOR_FIRST_IDENTITY` on.
-    num_classes: optional; must equal `num_train_identities` if set.
+    num_classes: optional, `num_train_identities` by default; more pads the
+      classifier with classes no image has (`types.check_num_classes`).
     train_subset: keep the first N training examples.
     test_subset: keep the first N test examples.
 
@@ -197,9 +199,9 @@ def load_synthetic_faces(
         'Need num_train_identities >= 1, images_per_identity >= 1 and '
         f'test_images_per_identity >= 0; got {num_train}, {per_identity}, '
         f'{test_per_identity}.')
-  if num_classes is not None and int(num_classes) != num_train:
-    raise ValueError(f'num_classes={num_classes} but num_train_identities='
-                     f'{num_train}; they must be equal.')
+  num_classes = num_train if num_classes is None else check_num_classes(
+      num_classes, num_train,
+      'the synthetic training set (num_train_identities)')
   if num_probes and probe_images < 2:
     raise ValueError(f'probe_images_per_identity must be >= 2 (a probe and '
                      f'a mate), got {probe_images}.')
@@ -219,7 +221,7 @@ def load_synthetic_faces(
     identification = _identification_set(num_probes, probe_images,
                                          num_distractors, **draw)
   return Dataset(
-      name=name, train=train, test=test, num_classes=num_train,
+      name=name, train=train, test=test, num_classes=num_classes,
       class_names=tuple(f'identity_{i}' for i in range(num_train)),
       image_shape=image_shape, verification=verification,
       identification=identification)
