@@ -15,11 +15,15 @@ Launch:
       --workdir=runs/synthetic_faces
   python -m centerloss_jax.evaluate --workdir=runs/synthetic_faces
 
-The README's comparison table (softmax, + contrastive, + center, ArcFace):
+The README's comparison over seeds (softmax, + center at lambda 3e-3 and
+3e-4, three seeds each; records in experiments/results/synthetic_faces):
   python -m experiments.face_comparison --config=configs/synthetic_faces.py \
-      --workdir=runs/face_comparison
-(the contrastive and triplet runs add `batch_images_per_identity=4`: P x K
-batches, without which almost no pair in a batch is positive).
+      --workdir=runs/face_comparison --seeds=0,1,2 \
+      --runs=softmax,softmax+center,softmax+center-lambda-3e-4 \
+      --records_dir=experiments/results/synthetic_faces
+(`--runs` also offers contrastive, triplet and ArcFace; the pair losses add
+`batch_images_per_identity=4`: P x K batches, without which almost no pair
+in a batch is positive).
 
 Expected result (this config as it is, softmax + center loss at the paper's
 lambda 3e-3; seed 0, 2-core CPU, JAX 0.10.2, measured as the softmax+center

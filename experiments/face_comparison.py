@@ -1,8 +1,11 @@
-"""The paper's loss comparison (its Tables 2-4) on any face config.
+"""The paper's loss comparison (its Tables 2-4) on any face config, over seeds.
 
-Trains the same backbone on the same identities with each objective, each
-in its own workdir (an interrupted comparison resumes where it stopped),
-and evaluates every run on identities unseen in training:
+Trains the same backbone on the same identities with each objective, at
+every seed of `--seeds` (see `experiments/seeds.py`: a run's workdir is
+`<workdir>/<run>/seed_<k>`, its record `<records_dir>/<run>/seed_<k>.json`;
+a run and seed with a record is not trained again, an interrupted run
+resumes from its checkpoint), and evaluates every run on identities unseen
+in training:
 
   softmax             softmax only (center_loss.weight = 0)
   softmax+contrastive softmax + contrastive loss (the paper's comparison),
@@ -16,19 +19,25 @@ softmax+contrastive-random-batches (the contrastive loss on random batches).
 
 then writes into `--workdir`:
 
-* `results.md`: a markdown table (verification accuracy as mean +- std over
-  the 10 folds, AUC, TAR at the smallest measurable FARs, identification
-  rank-1, and closed-set accuracy on the training identities);
-* `results.json`: every run's final metrics;
-* `roc.png`: the verification ROC curves of all runs on one plot.
+* `results.md`: the open-set metrics (verification accuracy, AUC, TAR at
+  the smallest measurable FARs, identification rank-1) and the closed-set
+  accuracy of every run, mean ± standard deviation over its seeds, and each
+  run against the first one (softmax alone by default), paired by seed,
+  with whether the difference exceeds the seed-to-seed spread;
+* `results.json`: the same, with every seed's value;
+* `roc.png`: the verification ROC curves, the mean over seeds and the band
+  from the lowest to the highest seed.
 
-Launch (the README's table, offline, ~1 hour on a 2-core CPU):
+Launch (the README's table: three runs at three seeds, offline, about two
+and a half hours on a 2-core CPU):
 
   python -m experiments.face_comparison --config=configs/synthetic_faces.py \
-      --workdir=runs/face_comparison
+      --workdir=runs/face_comparison --seeds=0,1,2 \
+      --runs=softmax,softmax+center,softmax+center-lambda-3e-4 \
+      --records_dir=experiments/results/synthetic_faces
 
-`--runs=softmax,softmax+center` picks a subset; any config field can be
-overridden as usual (`--config.num_train_steps=...`).
+`--runs` picks the runs (the first is the baseline of the comparison); any
+config field can be overridden as usual (`--config.num_train_steps=...`).
 """
 
 from __future__ import annotations
@@ -40,14 +49,13 @@ from typing import Any, Sequence
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 from ml_collections import config_flags
-import numpy as np
 
 from centerloss_jax import reporting
 from centerloss_jax import training
 from configs import common
+from experiments import seeds as seeds_lib
 
 # Each run: the config overrides that define its objective. The center-loss
 # weight and alpha of 'softmax+center' are the base config's. The pair
@@ -70,46 +78,41 @@ DEFAULT_RUNS = ('softmax', 'softmax+contrastive', 'softmax+center', 'arcface')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Root of the runs.',
                                required=True)
 _RUNS = flags.DEFINE_list('runs', list(DEFAULT_RUNS),
-                          f'Runs, among {list(RUNS)}.')
+                          f'Runs, among {list(RUNS)}; the first is the '
+                          'baseline of the paired comparison.')
+_SEEDS = flags.DEFINE_list('seeds', ['0'], 'Seeds of every run.')
+_RECORDS_DIR = flags.DEFINE_string(
+    'records_dir', None, 'Where the runs\' records are kept and looked up '
+    '(default: <workdir>/records).')
 config_flags.DEFINE_config_file('config', 'configs/synthetic_faces.py',
                                 'Base face config.', lock_config=True)
 
 
-def _percent(value: float | None) -> str:
-  return '-' if value is None else f'{100 * value:.2f}%'
-
-
-def results_table(results: dict[str, dict[str, float]],
-                  verification_name: str | None,
-                  identification_name: str | None) -> str:
-  """Markdown table, one row per run."""
-  far_keys = sorted(
-      {k.split('/', 1)[1] for m in results.values() for k in m
-       if verification_name
-       and k.startswith(f'{verification_name}/tar_at_far')},
-      key=lambda k: -float(k.rsplit('_', 1)[1]))
-  header = ['run']
-  if verification_name:
-    header += ['verification accuracy', 'AUC']
-    header += [f'TAR@FAR={k.rsplit("_", 1)[1]}' for k in far_keys]
-  if identification_name:
-    header += ['rank-1 identification']
-  header += ['closed-set accuracy']
-  lines = ['| ' + ' | '.join(header) + ' |',
-           '|' + '---|' * len(header)]
-  for name, m in results.items():
-    row = [name]
-    if verification_name:
-      accuracy = m[f'{verification_name}/accuracy']
-      std = m[f'{verification_name}/accuracy_std']
-      row += [f'{100 * accuracy:.2f} +- {100 * std:.2f}%',
-              f'{m[f"{verification_name}/auc"]:.4f}']
-      row += [_percent(m.get(f'{verification_name}/{k}')) for k in far_keys]
-    if identification_name:
-      row += [_percent(m.get(f'{identification_name}/rank1'))]
-    row += [_percent(m.get('accuracy'))]
-    lines.append('| ' + ' | '.join(row) + ' |')
-  return '\n'.join(lines)
+def table_metrics(records) -> list[seeds_lib.Metric]:
+  """The columns: the open-set metrics the runs report, then closed-set."""
+  keys = {k for by_seed in records.values() for r in by_seed.values()
+          for k in r['metrics']}
+  verification = next((k.split('/')[0] for k in sorted(keys)
+                       if k.endswith('/auc')), None)
+  identification = next((k.split('/')[0] for k in sorted(keys)
+                         if k.endswith('/rank1')), None)
+  columns = []
+  if verification:
+    columns += [
+        seeds_lib.Metric(f'{verification}/accuracy', 'verification accuracy '
+                         '(%)', scale=100),
+        seeds_lib.Metric(f'{verification}/auc', 'AUC', digits=4)]
+    far_keys = sorted((k for k in keys
+                       if k.startswith(f'{verification}/tar_at_far')),
+                      key=lambda k: -float(k.rsplit('_', 1)[1]))
+    columns += [seeds_lib.Metric(k, f'TAR@FAR={k.rsplit("_", 1)[1]} (%)',
+                                 scale=100) for k in far_keys]
+  if identification:
+    columns.append(seeds_lib.Metric(f'{identification}/rank1',
+                                    'rank-1 identification (%)', scale=100))
+  columns.append(seeds_lib.Metric('accuracy', 'closed-set accuracy (%)',
+                                  scale=100))
+  return columns
 
 
 def main(argv: Sequence[str]) -> None:
@@ -125,45 +128,40 @@ def _compare(argv: Sequence[str]) -> None:
   if unknown:
     raise app.UsageError(f'Unknown runs {sorted(unknown)}; expected some of '
                          f'{list(RUNS)}.')
+  seeds = seeds_lib.parse_seeds(_SEEDS.value)
   reporting.writers.quiet_orbax_logging()
   base = flags.FLAGS.config
   root = os.path.abspath(_WORKDIR.value)
-  results, curves = {}, {}
-  for name in _RUNS.value:
-    logging.info('Comparison run %s', name)
-    config = common.with_overrides(base, RUNS[name])
-    workdir = os.path.join(root, name)
-    results[name] = training.train_and_evaluate(config, workdir)
-    roc = _final_roc(workdir)
-    if roc is not None:
-      curves[name] = roc
-  verification_name = next(
-      (k.split('/')[0] for m in results.values() for k in m
-       if k.endswith('/auc')), None)
-  identification_name = next(
-      (k.split('/')[0] for m in results.values() for k in m
-       if k.endswith('/rank1')), None)
-  table = results_table(results, verification_name, identification_name)
+  records_dir = os.path.abspath(_RECORDS_DIR.value
+                                or os.path.join(root, 'records'))
+  cells = {name: common.with_overrides(base, RUNS[name])
+           for name in _RUNS.value}
+  for config in cells.values():  # Every run, before any trains.
+    training.run_config.check_config(config)
+  records = seeds_lib.run_cells(cells, seeds, workdir=root,
+                                records_dir=records_dir,
+                                keep=seeds_lib.keep_roc)
   if jax.process_index() != 0:
     return
+  columns = table_metrics(records)
+  compared = [m for m in columns if m.key != 'accuracy'
+              and not m.key.endswith('/auc')]
+  report = '\n\n'.join([
+      seeds_lib.spread_table(records, columns,
+                             {name: (name,) for name in records}, ('run',)),
+      seeds_lib.comparison_table(records, _RUNS.value[0], compared)])
   with reporting.atomic_write(os.path.join(root, 'results.md')) as f:
-    f.write(table + '\n')
+    f.write(report + '\n')
   with reporting.atomic_write(os.path.join(root, 'results.json')) as f:
-    json.dump(results, f, indent=2, sort_keys=True)
+    json.dump(seeds_lib.summary(records, columns), f, indent=2,
+              sort_keys=True)
+  curves = seeds_lib.roc_bands(records)
   if curves:
-    reporting.plots.plot_roc(curves, path=os.path.join(root, 'roc.png'),
-                             title=f'{base.input.name}: unseen identities')
-  print(table)
-  print(f'\nTable, JSON and ROC plot in {root}')
-
-
-def _final_roc(workdir: str):
-  """The (far, tar) of the run's final evaluation, from its `roc.npz`."""
-  path = os.path.join(workdir, 'roc.npz')
-  if not os.path.exists(path):
-    return None
-  with np.load(path) as data:
-    return data['far'], data['tar']
+    reporting.plots.plot_roc_bands(
+        curves, path=os.path.join(root, 'roc.png'),
+        title=f'{base.input.name}: unseen identities')
+  print(report)
+  print(f'\nTables, JSON and ROC plot in {root}')
 
 
 if __name__ == '__main__':

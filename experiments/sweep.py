@@ -1,22 +1,32 @@
-"""The paper's lambda and alpha sweeps (Fig. 3 and Fig. 5) on any config.
+"""The paper's lambda and alpha sweeps (Fig. 3 and Fig. 5) over seeds.
 
 Runs `train_and_evaluate` for lambda in {0, 1e-4, 1e-3, 1e-2, 1e-1} at
 alpha 0.5, and for alpha in {0.01, 0.1, 0.5, 1} at `--alpha_sweep_lambda`,
-each in its own workdir (so an interrupted sweep resumes where it stopped),
-then writes into `--workdir`:
+each at every seed of `--seeds` (see `experiments/seeds.py`: a run's
+workdir is `<workdir>/<cell>/seed_<k>`, its record
+`<records_dir>/<cell>/seed_<k>.json`; a cell and seed with a record is not
+trained again, an interrupted run resumes from its checkpoint), then writes
+into `--workdir`:
 
-* `results.md`: a markdown table of the final test metrics of every run;
-* `results.json`: the same, for scripts;
-* `features_by_lambda.png`: the final 2-D test-feature plots of the lambda
-  sweep side by side (the paper's Fig. 3).
+* `results.md`: the final test metrics of every cell, mean ± standard
+  deviation over its seeds, and each center-loss cell against softmax alone
+  (lambda 0), paired by seed, with whether the difference exceeds the
+  seed-to-seed spread;
+* `results.json`: the same, with every seed's value, for scripts;
+* `sweep.png`: accuracy and spread / separation against lambda and alpha
+  with error bars (the paper's Fig. 5);
+* `features_by_lambda.png`: the first seed's 2-D test features per lambda,
+  one legend, centers marked (the paper's Fig. 3).
 
 Launch (the README's sweep, on the offline Fashion-MNIST):
 
   python -m experiments.sweep --config=configs/default.py \
-      --workdir=runs/sweep
+      --workdir=runs/sweep --seeds=0,1,2 --lambdas=0,0.01,0.1 \
+      --records_dir=experiments/results/fashion_mnist_one_epoch
 
 Any config field can be overridden as usual, e.g.
-`--config.num_train_steps=200` for a quicker sweep.
+`--config.num_train_steps=200` for a quicker sweep; `--alphas=` (empty)
+skips the alpha sweep.
 """
 
 from __future__ import annotations
@@ -29,16 +39,19 @@ from typing import Sequence
 from absl import app
 from absl import flags
 from absl import logging
-import matplotlib
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 from ml_collections import config_flags
+import numpy as np
 
 from centerloss_jax import reporting
 from centerloss_jax import training
+from experiments import seeds as seeds_lib
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Root of the sweep\'s runs.',
-                               required=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Root of the sweep\'s runs '
+                               'and of its report.', required=True)
+_RECORDS_DIR = flags.DEFINE_string(
+    'records_dir', None, 'Where the runs\' records are kept and looked up '
+    '(default: <workdir>/records).')
+_SEEDS = flags.DEFINE_list('seeds', ['0'], 'Seeds of every cell.')
 _LAMBDAS = flags.DEFINE_list('lambdas', ['0', '1e-4', '1e-3', '1e-2', '1e-1'],
                              'Center-loss weights of the lambda sweep.')
 _ALPHAS = flags.DEFINE_list('alphas', ['0.01', '0.1', '0.5', '1'],
@@ -50,8 +63,21 @@ _ALPHA_SWEEP_LAMBDA = flags.DEFINE_float(
 config_flags.DEFINE_config_file('config', 'configs/default.py',
                                 'Base experiment config.', lock_config=True)
 
-_COLUMNS = ('accuracy', 'intra_class_spread', 'inter_class_min_distance',
-            'inter_class_mean_distance', 'spread_to_separation', 'center_loss')
+METRICS = (
+    seeds_lib.Metric('accuracy', 'test accuracy (%)', scale=100),
+    seeds_lib.Metric('intra_class_spread', 'intra-class spread', digits=3,
+                     higher_is_better=False),
+    seeds_lib.Metric('inter_class_min_distance', 'min center distance',
+                     digits=3),
+    seeds_lib.Metric('inter_class_mean_distance', 'mean center distance',
+                     digits=3),
+    seeds_lib.Metric('spread_to_separation', 'spread / separation',
+                     digits=3, higher_is_better=False),
+    seeds_lib.Metric('center_loss', 'center loss', digits=3,
+                     higher_is_better=False),
+)
+# What the comparison with softmax alone is about.
+COMPARED = ('accuracy', 'spread_to_separation')
 
 
 def run_name(weight: float, alpha: float) -> str:
@@ -68,45 +94,57 @@ def sweep_points(lambdas: Sequence[float], alphas: Sequence[float],
   return points
 
 
-def results_table(results: dict[str, dict[str, float]],
-                  points: Sequence[tuple[float, float]]) -> str:
-  """Markdown table, one row per run."""
-  lines = ['| lambda | alpha | test accuracy | intra-class spread | '
-           'min center distance | mean center distance | spread / separation '
-           '| center loss |',
-           '|---|---|---|---|---|---|---|---|']
-  for weight, alpha in points:
-    m = results[run_name(weight, alpha)]
-    lines.append(
-        f'| {weight:g} | {alpha:g} | {100 * m["accuracy"]:.2f}% | '
-        f'{m["intra_class_spread"]:.3f} | {m["inter_class_min_distance"]:.3f}'
-        f' | {m["inter_class_mean_distance"]:.3f} | '
-        f'{m["spread_to_separation"]:.3f} | {m["center_loss"]:.4f} |')
-  return '\n'.join(lines)
+def sweep_figure(path: str, records, points, *, lambdas, alphas,
+                 lambda_sweep_alpha, alpha_sweep_lambda) -> None:
+  """Accuracy and spread / separation against lambda and alpha (Fig. 5)."""
+  sweeps = [(f'lambda (alpha = {lambda_sweep_alpha:g})',
+             [(w, lambda_sweep_alpha) for w in lambdas])]
+  if len(alphas) > 1:
+    sweeps.append((f'alpha (lambda = {alpha_sweep_lambda:g})',
+                   [(alpha_sweep_lambda, a) for a in alphas]))
+  rows = []
+  for key in COMPARED:
+    metric = next(m for m in METRICS if m.key == key)
+    row = []
+    for x_label, cells in sweeps:
+      values = [list(seeds_lib.metric_values(records[run_name(*p)],
+                                              key).values()) for p in cells]
+      spreads = [seeds_lib.spread(v) for v in values]
+      row.append(reporting.plots.SweepSeries(
+          x_label=x_label,
+          x_ticks=[f'{w if x_label.startswith("lambda") else a:g}'
+                   for w, a in cells],
+          y_label=metric.label, means=[metric.scale * s.mean for s in spreads],
+          stds=[metric.scale * s.std for s in spreads],
+          counts=[s.n for s in spreads],
+          values=[[metric.scale * x for x in v] for v in values]))
+    rows.append(row)
+  reporting.plots.plot_sweeps(rows, path=path,
+                              title='mean ± std over seeds (n per point)')
 
 
-def _latest_plot(workdir: str) -> str | None:
-  plots = [f for f in os.listdir(workdir)
-           if f.startswith('features_step_') and f.endswith('.png')]
-  if not plots:
-    return None
-  return os.path.join(workdir, max(plots, key=lambda f: int(f[14:-4])))
-
-
-def features_figure(path: str, workdirs: Sequence[str],
-                    titles: Sequence[str]) -> None:
-  """Tiles the runs' final feature plots side by side into one PNG."""
-  plots = [_latest_plot(w) for w in workdirs]
-  fig, axes = plt.subplots(1, len(plots), figsize=(4 * len(plots), 4.3))
-  for ax, plot, title in zip(axes, plots, titles):
-    ax.axis('off')
-    if plot is not None:
-      ax.imshow(plt.imread(plot))
-    ax.set_title(title)
-  fig.tight_layout()
-  with reporting.atomic_write(path, 'wb') as f:
-    fig.savefig(f, format='png', dpi=120)
-  plt.close(fig)
+def features_figure(path: str, records_dir: str, records, *, lambdas,
+                    alpha: float, seed: int) -> None:
+  """The seed's 2-D test features per lambda, one shared legend (Fig. 3)."""
+  panels, titles = [], []
+  for weight in lambdas:
+    cell = run_name(weight, alpha)
+    kept = seeds_lib.kept_file(records_dir, cell, seed, 'features.npz')
+    if not os.path.exists(kept):
+      logging.warning('No kept features for %s seed %d; left out of %s.',
+                      cell, seed, path)
+      continue
+    with np.load(kept) as archive:
+      panels.append(dict(archive))
+    metrics = records[cell][seed]['metrics']
+    titles.append(f'lambda = {weight:g}\ntest acc. '
+                  f'{100 * metrics["accuracy"]:.2f}%, spread / sep. '
+                  f'{metrics["spread_to_separation"]:.3f}')
+  if panels:
+    reporting.plots.plot_feature_panel(
+        panels, titles, [str(n) for n in panels[0]['class_names']], path=path,
+        title=f'2-D test features, seed {seed}, step {int(panels[0]["step"])}'
+              ' (centers: X)')
 
 
 def main(argv: Sequence[str]) -> None:
@@ -118,34 +156,51 @@ def main(argv: Sequence[str]) -> None:
 def _sweep(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  seeds = seeds_lib.parse_seeds(_SEEDS.value)
   reporting.writers.quiet_orbax_logging()
   base = flags.FLAGS.config
   root = os.path.abspath(_WORKDIR.value)
+  records_dir = os.path.abspath(_RECORDS_DIR.value
+                                or os.path.join(root, 'records'))
   lambdas = [float(x) for x in _LAMBDAS.value]
-  points = sweep_points(lambdas, [float(x) for x in _ALPHAS.value],
-                        _LAMBDA_SWEEP_ALPHA.value, _ALPHA_SWEEP_LAMBDA.value)
-  results = {}
+  alphas = [float(x) for x in _ALPHAS.value]
+  lambda_alpha, alpha_lambda = (_LAMBDA_SWEEP_ALPHA.value,
+                                _ALPHA_SWEEP_LAMBDA.value)
+  points = sweep_points(lambdas, alphas, lambda_alpha, alpha_lambda)
+  cells = {}
   for weight, alpha in points:
     config = base.copy_and_resolve_references()
     with config.unlocked():
       config.center_loss.weight = weight
       config.center_loss.alpha = alpha
-    name = run_name(weight, alpha)
-    logging.info('Sweep run %s', name)
-    results[name] = training.train_and_evaluate(config, os.path.join(root, name))
+    training.run_config.check_config(config)  # Every cell, before any run.
+    cells[run_name(weight, alpha)] = config
+  records = seeds_lib.run_cells(cells, seeds, workdir=root,
+                                records_dir=records_dir,
+                                keep_files=('features.npz',))
 
-  table = results_table(results, points)
+  tables = [seeds_lib.spread_table(
+      records, METRICS, {run_name(*p): (f'{p[0]:g}', f'{p[1]:g}')
+                         for p in points}, ('lambda', 'alpha'))]
+  baseline = run_name(0.0, lambda_alpha)
+  if baseline in records:
+    tables.append(seeds_lib.comparison_table(
+        records, baseline, [m for m in METRICS if m.key in COMPARED]))
+  report = '\n\n'.join(tables)
   with reporting.atomic_write(os.path.join(root, 'results.md')) as f:
-    f.write(table + '\n')
+    f.write(report + '\n')
   with reporting.atomic_write(os.path.join(root, 'results.json')) as f:
-    json.dump(results, f, indent=2, sort_keys=True)
-  features_figure(
-      os.path.join(root, 'features_by_lambda.png'),
-      [os.path.join(root, run_name(w, _LAMBDA_SWEEP_ALPHA.value))
-       for w in lambdas],
-      [f'lambda = {w:g}' for w in lambdas])
-  print(table)
-  print(f'\nTable, JSON and figure in {root}')
+    json.dump(seeds_lib.summary(records, METRICS), f, indent=2,
+              sort_keys=True)
+  sweep_figure(os.path.join(root, 'sweep.png'), records, points,
+               lambdas=lambdas, alphas=alphas,
+               lambda_sweep_alpha=lambda_alpha,
+               alpha_sweep_lambda=alpha_lambda)
+  features_figure(os.path.join(root, 'features_by_lambda.png'), records_dir,
+                  records, lambdas=lambdas, alpha=lambda_alpha,
+                  seed=seeds[0])
+  print(report)
+  print(f'\nTables, JSON and figures in {root}')
 
 
 if __name__ == '__main__':

@@ -12,7 +12,8 @@ On top of that:
   threshold are fitted on the other folds only, accuracy is measured on the
   fold itself; mean and std over folds.
 * `roc_curve`, `roc_auc` and `tar_at_far` describe the whole trade-off between
-  false accepts and true accepts, `verification_report` flattens everything
+  false accepts and true accepts (`tar_on_far_grid` reads a curve at fixed
+  FARs, to average runs), `verification_report` flattens everything
   into a dict of floats for metric writers (`reporting.plots.plot_roc`
   draws the curves).
 
@@ -385,6 +386,42 @@ def roc_auc(far, tar) -> float:
   if np.any(np.diff(far) < 0):
     raise ValueError('far must be non-decreasing (as roc_curve returns it).')
   return float(np.sum(np.diff(far) * (tar[1:] + tar[:-1]) / 2))
+
+
+def tar_on_far_grid(far, tar, grid) -> np.ndarray:
+  """An ROC curve read off at given FARs, for averaging curves over seeds.
+
+  At each grid FAR f, the TAR of the best operating point whose FAR is at
+  most f (the step function `tar_at_far` evaluates), so curves of runs on
+  the same pairs can be compared and averaged point by point.
+
+  Args:
+    far: (T,) non-decreasing false accept rates from `roc_curve`, starting
+      at 0.
+    tar: (T,) matching true accept rates.
+    grid: (G,) FARs to read the curve at, each in [0, 1].
+
+  Returns:
+    (G,) TARs.
+
+  Raises:
+    ValueError: on mismatched shapes, a decreasing FAR, a curve not
+      starting at FAR 0, or a grid value outside [0, 1].
+  """
+  far = np.asarray(far, np.float64)
+  tar = np.asarray(tar, np.float64)
+  grid = np.asarray(grid, np.float64)
+  if far.ndim != 1 or tar.shape != far.shape or far.size == 0:
+    raise ValueError(f'far and tar must both have shape (T,), T >= 1, got '
+                     f'shapes {far.shape} and {tar.shape}.')
+  if np.any(np.diff(far) < 0) or far[0] != 0:
+    raise ValueError('far must be non-decreasing from 0 (as roc_curve '
+                     'returns it).')
+  if grid.ndim != 1 or np.any((grid < 0) | (grid > 1)):
+    raise ValueError(f'grid must be FARs in [0, 1], got {grid!r}.')
+  # The slack makes "exactly k false accepts" count, as `tar_at_far` does.
+  last = np.searchsorted(far, grid * (1 + 1e-9), side='right') - 1
+  return np.maximum.accumulate(tar)[last]
 
 
 def _max_false_accepts(far: float, num_negatives: int) -> int:

@@ -180,8 +180,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   Resumes from the latest checkpoint in `workdir/checkpoints` if there is one.
   Writes `config.json` (the run's config), `metrics.jsonl` (one record per
   step and split, also across resumes), TensorBoard event files, for 2-D
-  features `features_step_<N>.png`, and for face datasets with verification
-  pairs `roc_step_<N>.png` and `roc.npz` (the latest ROC) into `workdir`.
+  features `features_step_<N>.png` and `features.npz` (the latest plot's
+  test features, labels, centers and class names), and for face datasets with
+  verification pairs `roc_step_<N>.png` and `roc.npz` (the latest ROC) into
+  `workdir`.
 
   The whole config and the workdir are checked before any work; the workdir
   is locked for the run (a second run on it is refused). SIGTERM or SIGINT
@@ -484,6 +486,13 @@ def _evaluate_and_write(eval_fn, feature_fn, dp, state, step, *, dataset,
         title=(f'{dataset.name} test, step {step}, lambda '
                f'{config.center_loss.weight:g}'))
     writer.write_images(step, {'test/features': image})
+    # The latest plot as data, for figures across runs (experiments/).
+    with reporting.atomic_write(os.path.join(workdir, 'features.npz'),
+                                'wb') as f:
+      np.savez(f, features=result['features'], labels=result['labels'],
+               centers=result['centers'],
+               center_classes=result['center_classes'],
+               class_names=np.array(dataset.class_names), step=step)
   return result
 
 

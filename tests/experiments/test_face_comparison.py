@@ -243,18 +243,27 @@ def test_face_comparison_writes_table_and_roc(tmp_path):
       '--config.num_epochs=1', '--runs=softmax+triplet,arcface',
       f'--workdir={tmp_path}')
   with open(tmp_path / 'results.md') as f:
-    rows = [line.split('|')[1].strip() for line in f
-            if line.startswith('| ') and not line.startswith('| run')]
-  assert rows == ['softmax+triplet', 'arcface']
+    spread_table, comparison = f.read().split('\n\n')
+  rows = [line.split(' | ') for line in spread_table.splitlines()[2:]]
+  assert [row[:2] for row in rows] == [['| softmax+triplet', '1'],
+                                       ['| arcface', '1']]
+  # One seed: the comparison says the spread was not measured.
+  assert comparison.splitlines()[2].startswith('| arcface | verification')
+  assert all(line.endswith('| spread not measured |')
+             for line in comparison.splitlines()[2:])
   with open(tmp_path / 'results.json') as f:
     results = json.load(f)
   # Different objectives, different features: not one run reported twice.
-  assert (results['softmax+triplet']['synthetic_pairs/auc']
-          != results['arcface']['synthetic_pairs/auc']
-          or results['softmax+triplet']['cross_entropy']
-          != results['arcface']['cross_entropy'])
+  assert (results['softmax+triplet']['synthetic_pairs/auc']['values']
+          != results['arcface']['synthetic_pairs/auc']['values']
+          or results['softmax+triplet']['accuracy']['values']
+          != results['arcface']['accuracy']['values'])
+  with open(tmp_path / 'records' / 'arcface' / 'seed_0.json') as f:
+    record = json.load(f)
+  assert record['config']['loss']['classifier'] == 'arcface'
+  assert len(record['kept']['roc_far']) == len(record['kept']['roc_tar']) > 5
   # P x K batches (K = 4): every anchor has positives and takes part.
-  with open(tmp_path / 'softmax+triplet' / 'metrics.jsonl') as f:
+  with open(tmp_path / 'softmax+triplet' / 'seed_0' / 'metrics.jsonl') as f:
     train = [r for r in map(json.loads, f) if 'train/pair_positives' in r]
   assert train and all(r['train/pair_positives'] == 1.0 for r in train)
   assert os.path.getsize(tmp_path / 'roc.png') > 5_000

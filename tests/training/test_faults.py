@@ -555,7 +555,8 @@ def test_a_driver_stops_at_a_preempted_run_and_publishes_nothing(
       cwd=repo_paths.REPO_ROOT, env=_env(), stdout=subprocess.DEVNULL,
       stderr=subprocess.PIPE, text=True)
   try:
-    _wait_for_checkpoint(process, str(root / 'lambda_0_alpha_0.5'), 4)
+    _wait_for_checkpoint(process, str(root / 'lambda_0_alpha_0.5' / 'seed_0'),
+                         4)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=TIMEOUT)
   finally:
@@ -564,5 +565,6 @@ def test_a_driver_stops_at_a_preempted_run_and_publishes_nothing(
       process.wait()
   assert process.returncode == 143, stderr[-2000:]
   assert 'preempted at step' in _last_line(stderr)
-  # The second run never started; no table, JSON or figure.
+  # The second run never started; no record, table, JSON or figure.
   assert sorted(os.listdir(root)) == ['lambda_0_alpha_0.5']
+  assert os.listdir(root / 'lambda_0_alpha_0.5') == ['seed_0']

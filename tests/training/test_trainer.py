@@ -58,6 +58,13 @@ def test_run_writes_metrics_plot_and_checkpoints(finished_run):
   for step in (8, 16):
     assert os.path.getsize(
         os.path.join(workdir, f'features_step_{step}.png')) > 1000
+  # The last plot's data, for figures across runs: the whole test split.
+  with np.load(os.path.join(workdir, 'features.npz')) as plotted:
+    assert int(plotted['step']) == 16
+    assert plotted['features'].shape == (metrics['num_examples'], 2)
+    assert plotted['labels'].shape == (metrics['num_examples'],)
+    assert plotted['centers'].shape == (10, 2)
+    assert list(plotted['class_names'])[:2] == ['T-shirt/top', 'Trouser']
   # The learning rate is logged with the train metrics (runlocal's
   # piecewise schedule: 0.01 throughout 16 steps).
   rates = [r['train/learning_rate'] for r in records

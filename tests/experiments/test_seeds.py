@@ -1,0 +1,122 @@
+"""The statistics of a study over seeds, and the ROC its face runs keep."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from centerloss_jax.metrics import verification
+from experiments import seeds as seeds_lib
+
+
+def test_spread_is_the_mean_and_sample_std():
+  s = seeds_lib.spread([0.75, 0.77, 0.79])
+  assert (s.mean, s.n) == (pytest.approx(0.77), 3)
+  assert s.std == pytest.approx(0.02)  # ddof 1: sqrt((2 * 0.02^2) / 2).
+  assert s.format(scale=100) == '77.00 ± 2.00'
+  single = seeds_lib.spread([0.5])
+  assert math.isnan(single.std) and single.format() == '0.50'  # No ± shown.
+  with pytest.raises(ValueError, match='at least one value'):
+    seeds_lib.spread([])
+
+
+def test_paired_difference_pairs_by_seed():
+  # Seed 2 only in one cell: left out. By seed: +0.02, +0.03, +0.01.
+  run = {0: 0.80, 1: 0.74, 3: 0.71, 2: 0.99}
+  baseline = {0: 0.78, 1: 0.71, 3: 0.70}
+  diff = seeds_lib.paired_difference(run, baseline)
+  assert diff.n == 3 and diff.same_sign == 3
+  assert diff.mean == pytest.approx(0.02)
+  assert diff.std == pytest.approx(0.01)
+  assert diff.p_value == pytest.approx(
+      stats.ttest_rel([0.80, 0.74, 0.71], [0.78, 0.71, 0.70]).pvalue)
+  # The seeds differ by more (std 0.046 and 0.044) than the cells do:
+  # consistent, but within the seed-to-seed spread.
+  assert not diff.exceeds_spread
+  assert diff.verdict() == 'within seed spread'
+
+
+def test_a_difference_beyond_the_seed_spread_gets_a_verdict():
+  baseline = {0: 0.70, 1: 0.71, 2: 0.72}
+  better = seeds_lib.paired_difference({0: 0.75, 1: 0.77, 2: 0.76}, baseline)
+  assert better.exceeds_spread and better.verdict() == 'better'
+  # For a lower-is-better metric the same difference is worse.
+  assert better.verdict(higher_is_better=False) == 'worse'
+  # Every seed moved by exactly the same amount: no t-test warning, p = 0.
+  shifted = seeds_lib.paired_difference({0: 0.8, 1: 0.81, 2: 0.82}, baseline)
+  assert shifted.p_value == 0.0 and shifted.same_sign == 3
+  # Beyond the spread on average, but one seed went the other way.
+  mixed = seeds_lib.paired_difference(
+      {0: 0.695, 1: 0.80, 2: 0.80, 3: 0.80},
+      {0: 0.70, 1: 0.70, 2: 0.70, 3: 0.70})
+  assert mixed.exceeds_spread and mixed.same_sign == 3
+  assert mixed.verdict() == 'within seed spread'
+  one_seed = seeds_lib.paired_difference({0: 0.9}, {0: 0.7, 1: 0.8})
+  assert one_seed.n == 1 and one_seed.verdict() == 'spread not measured'
+  with pytest.raises(ValueError, match='No common seed'):
+    seeds_lib.paired_difference({0: 0.9}, {1: 0.7})
+
+
+def _record(seed, **metrics):
+  return {'seed': seed, 'metrics': metrics, 'kept': {}}
+
+
+def test_tables_show_each_cell_and_its_paired_difference():
+  records = {
+      'softmax': {s: _record(s, accuracy=a) for s, a in
+                  enumerate([0.70, 0.71, 0.72])},
+      'center': {s: _record(s, accuracy=a) for s, a in
+                 enumerate([0.75, 0.77, 0.76])},
+  }
+  metric = seeds_lib.Metric('accuracy', 'accuracy (%)', scale=100)
+  spread_rows = seeds_lib.spread_table(
+      records, [metric], {'softmax': ('softmax',), 'center': ('center',)},
+      ('run',)).splitlines()
+  assert spread_rows[2] == '| softmax | 3 | 71.00 ± 1.00 |'
+  assert spread_rows[3] == '| center | 3 | 76.00 ± 1.00 |'
+  comparison = seeds_lib.comparison_table(records, 'softmax', [metric])
+  row = comparison.splitlines()[2].split(' | ')
+  assert row[:5] == ['| center', 'accuracy (%)', '71.00 ± 1.00',
+                     '76.00 ± 1.00', '+5.00 ± 1.00']
+  assert row[5] == '3/3' and row[7] == 'better |'
+
+
+def test_roc_on_a_grid_is_the_tar_at_each_far():
+  rng = np.random.default_rng(0)
+  is_same = np.arange(2000) < 1000
+  scores = rng.normal(size=2000) + 1.5 * is_same
+  far, tar, _ = verification.roc_curve(scores, is_same)
+  grid = [1e-3, 1e-2, 0.1, 1.0]
+  on_grid = verification.tar_on_far_grid(far, tar, grid)
+  expected = verification.tar_at_far(scores, is_same, grid)
+  np.testing.assert_allclose(on_grid, [expected[f] for f in grid])
+  assert on_grid[-1] == 1.0
+  with pytest.raises(ValueError, match='non-decreasing from 0'):
+    verification.tar_on_far_grid(far[far > 0], tar[far > 0], grid)
+  with pytest.raises(ValueError, match=r'FARs in \[0, 1\]'):
+    verification.tar_on_far_grid(far, tar, [2.0])
+
+
+def test_a_run_keeps_its_measurable_roc_and_seeds_band_it(tmp_path):
+  is_same = np.arange(200) < 100  # 100 different pairs: FAR >= 0.01.
+  kept = []
+  for seed in range(3):
+    scores = np.random.default_rng(seed).normal(size=200) + is_same
+    far, tar, _ = verification.roc_curve(scores, is_same)
+    workdir = tmp_path / f'seed_{seed}'
+    workdir.mkdir()
+    np.savez(workdir / 'roc.npz', far=far, tar=tar, step=1)
+    kept.append(seeds_lib.keep_roc(str(workdir)))
+    assert min(kept[-1]['roc_far']) >= 0.01 - 1e-12
+    expected = verification.tar_on_far_grid(far, tar, kept[-1]['roc_far'])
+    np.testing.assert_array_equal(kept[-1]['roc_tar'], expected)
+  assert seeds_lib.keep_roc(str(tmp_path)) == {}  # No roc.npz.
+  records = {'softmax': {s: {'kept': k, 'metrics': {}}
+                         for s, k in enumerate(kept)}}
+  far, tars = seeds_lib.roc_bands(records)['softmax']
+  assert tars.shape == (3, len(far))
+  records['softmax'][1]['kept'] = {'roc_far': far[1:].tolist(),
+                                   'roc_tar': tars[1, 1:].tolist()}
+  with pytest.raises(ValueError, match='different FAR grids'):
+    seeds_lib.roc_bands(records)
