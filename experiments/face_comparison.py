@@ -150,6 +150,7 @@ def _compare(argv: Sequence[str]) -> None:
       seeds_lib.spread_table(records, columns,
                              {name: (name,) for name in records}, ('run',)),
       seeds_lib.comparison_table(records, _RUNS.value[0], compared)])
+  os.makedirs(root, exist_ok=True)  # A report from records alone.
   with reporting.atomic_write(os.path.join(root, 'results.md')) as f:
     f.write(report + '\n')
   with reporting.atomic_write(os.path.join(root, 'results.json')) as f:

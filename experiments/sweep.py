@@ -187,6 +187,7 @@ def _sweep(argv: Sequence[str]) -> None:
     tables.append(seeds_lib.comparison_table(
         records, baseline, [m for m in METRICS if m.key in COMPARED]))
   report = '\n\n'.join(tables)
+  os.makedirs(root, exist_ok=True)  # A report from records alone.
   with reporting.atomic_write(os.path.join(root, 'results.md')) as f:
     f.write(report + '\n')
   with reporting.atomic_write(os.path.join(root, 'results.json')) as f:

@@ -317,7 +317,8 @@ def plot_roc_bands(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], *,
     smallest_far = min(smallest_far, float(far.min()))
     # TAR at a FAR is a step function (`tar_on_far_grid`): drawn as one.
     line, = ax.plot(far, tars.mean(axis=0), drawstyle='steps-post',
-                    label=f'{name} ({len(tars)} seeds)')
+                    label=f'{name} ({len(tars)} seed'
+                          f'{"s" if len(tars) > 1 else ""})')
     ax.fill_between(far, tars.min(axis=0), tars.max(axis=0), step='post',
                     color=line.get_color(), alpha=0.2, linewidth=0)
   _finish_roc(fig, ax, smallest_far=smallest_far,

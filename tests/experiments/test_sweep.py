@@ -89,16 +89,18 @@ def test_sweep_tables_give_the_spread_over_seeds(sweep_run):
 
 def test_sweep_reports_from_its_records_alone(sweep_run, tiny_idx_dir,
                                               tmp_path):
-  # Another machine or session: the records only, no run workdirs.
-  shutil.copytree(sweep_run / 'records', tmp_path / 'records')
-  result = _sweep(tiny_idx_dir, tmp_path)
+  # Another machine or session: the records only, no run workdirs, the
+  # report into a folder that does not exist yet.
+  records = tmp_path / 'kept_records'
+  shutil.copytree(sweep_run / 'records', records)
+  report_dir = tmp_path / 'report'
+  result = _sweep(tiny_idx_dir, report_dir, f'--records_dir={records}')
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Study run' not in result.stderr  # Nothing was trained again.
-  assert sorted(os.listdir(tmp_path)) == [
-      'features_by_lambda.png', 'records', 'results.json', 'results.md',
-      'sweep.png']
+  assert sorted(os.listdir(report_dir)) == [
+      'features_by_lambda.png', 'results.json', 'results.md', 'sweep.png']
   for name in ('results.md', 'results.json'):
-    assert (tmp_path / name).read_text() == (sweep_run / name).read_text()
+    assert (report_dir / name).read_text() == (sweep_run / name).read_text()
 
 
 def test_sweep_refuses_a_record_of_another_config(sweep_run, tiny_idx_dir,
