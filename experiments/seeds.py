@@ -261,10 +261,13 @@ class PairedDifference:
   exceeds_spread: bool
 
   def verdict(self, higher_is_better: bool = True) -> str:
-    """'better' or 'worse' only if the difference exceeds the seed spread
-    and has the same sign at every seed; else 'within seed spread'."""
+    """'better' or 'worse' only with 3+ seeds, if the difference exceeds the
+    seed spread and has the same sign at every seed; else 'within seed
+    spread'."""
     if self.n < 2:
       return 'spread not measured'
+    if self.n < 3:  # Two seeds agree by chance one time in two.
+      return 'too few seeds for a verdict'
     if not self.exceeds_spread or self.same_sign < self.n:
       return 'within seed spread'
     better = (self.mean > 0) == higher_is_better
