@@ -94,26 +94,26 @@ def sweep_points(lambdas: Sequence[float], alphas: Sequence[float],
   return points
 
 
-def sweep_figure(path: str, records, points, *, lambdas, alphas,
-                 lambda_sweep_alpha, alpha_sweep_lambda) -> None:
+def sweep_figure(path: str, records, *, lambdas, alphas, lambda_sweep_alpha,
+                 alpha_sweep_lambda) -> None:
   """Accuracy and spread / separation against lambda and alpha (Fig. 5)."""
+  # Each sweep: its axis label, its (lambda, alpha) cells, the swept values.
   sweeps = [(f'lambda (alpha = {lambda_sweep_alpha:g})',
-             [(w, lambda_sweep_alpha) for w in lambdas])]
+             [(w, lambda_sweep_alpha) for w in lambdas], lambdas)]
   if len(alphas) > 1:
     sweeps.append((f'alpha (lambda = {alpha_sweep_lambda:g})',
-                   [(alpha_sweep_lambda, a) for a in alphas]))
+                   [(alpha_sweep_lambda, a) for a in alphas], alphas))
   rows = []
   for key in COMPARED:
     metric = next(m for m in METRICS if m.key == key)
     row = []
-    for x_label, cells in sweeps:
+    for x_label, cells, swept in sweeps:
       values = [list(seeds_lib.metric_values(records[run_name(*p)],
                                               key).values()) for p in cells]
       spreads = [seeds_lib.spread(v) for v in values]
       row.append(reporting.plots.SweepSeries(
           x_label=x_label,
-          x_ticks=[f'{w if x_label.startswith("lambda") else a:g}'
-                   for w, a in cells],
+          x_ticks=[f'{x:g}' for x in swept],
           y_label=metric.label, means=[metric.scale * s.mean for s in spreads],
           stds=[metric.scale * s.std for s in spreads],
           counts=[s.n for s in spreads],
@@ -193,9 +193,8 @@ def _sweep(argv: Sequence[str]) -> None:
   with reporting.atomic_write(os.path.join(root, 'results.json')) as f:
     json.dump(seeds_lib.summary(records, METRICS), f, indent=2,
               sort_keys=True)
-  sweep_figure(os.path.join(root, 'sweep.png'), records, points,
-               lambdas=lambdas, alphas=alphas,
-               lambda_sweep_alpha=lambda_alpha,
+  sweep_figure(os.path.join(root, 'sweep.png'), records, lambdas=lambdas,
+               alphas=alphas, lambda_sweep_alpha=lambda_alpha,
                alpha_sweep_lambda=alpha_lambda)
   features_figure(os.path.join(root, 'features_by_lambda.png'), records_dir,
                   records, lambdas=lambdas, alpha=lambda_alpha,
