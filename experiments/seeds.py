@@ -14,7 +14,9 @@ machine it ran on. The record, not the workdir, is what a study is reported
 from: a (cell, seed) whose record exists is not trained again, so records
 kept with the code let a long study continue on another machine or in
 another session. A record of a config that differs from the cell's in a
-field that changes training is refused, naming the fields.
+field that changes its metrics (training or evaluation; not logging, data
+paths or the parallel mode: `run_config.record_changes`) is refused, naming
+the fields.
 
 `keep_roc` is what a face run keeps: its final ROC read at fixed FARs, so
 that `roc_bands` can average a cell's seeds point by point.
@@ -100,14 +102,15 @@ def load_record(path: str, config: ml_collections.ConfigDict
   """The record at `path`, if there is one and it is of `config`'s run.
 
   Raises:
-    run_config.ConfigChangedError: the record is of a config that trains
-      differently, naming the fields.
+    run_config.ConfigChangedError: the record is of a config that trains or
+      evaluates differently (`run_config.record_changes`), naming the
+      fields.
   """
   if not os.path.exists(path):
     return None
   with open(path) as f:
     record = json.load(f)
-  changes = run_config.config_changes(
+  changes = run_config.record_changes(
       record['config'], json.loads(config.to_json(sort_keys=True)))
   if changes:
     raise run_config.ConfigChangedError(
@@ -133,8 +136,8 @@ def run_cells(cells: Mapping[str, ml_collections.ConfigDict],
     records_dir: the root of the records (`record_path`).
     keep: `keep(run_workdir)` -> JSON-able extras for the record, e.g. the
       ROC from the workdir's `roc.npz`.
-    keep_files: files of the workdir of the first seed's run to copy beside
-      its record as `seed_<k>.<name>`, for figures of one run per cell.
+    keep_files: files of each run's workdir to copy beside its record as
+      `seed_<k>.<name>` (`kept_file`), for figures of one run per cell.
 
   Returns:
     `{cell: {seed: record}}`, with the records' `metrics` (the final
@@ -158,8 +161,7 @@ def run_cells(cells: Mapping[str, ml_collections.ConfigDict],
                   'kept': keep(run_dir) if keep else {},
                   'machine': machine()}
         if jax.process_index() == 0:
-          _write_record(path, record, run_dir,
-                        keep_files if seed == seeds[0] else ())
+          _write_record(path, record, run_dir, keep_files)
       records[name][seed] = record
   return records
 
@@ -358,7 +360,11 @@ def spread_table(records: Mapping[str, Mapping[int, Record]],
 
 def comparison_table(records: Mapping[str, Mapping[int, Record]],
                      baseline: str, metrics: Sequence[Metric]) -> str:
-  """Markdown: each cell against `baseline`, paired by seed, per metric."""
+  """Markdown: each cell against `baseline`, paired by seed, per metric.
+
+  Each row's columns are over the seeds both cells have (`same sign`'s
+  denominator): a seed of one cell alone is in `spread_table`, not here.
+  """
   lines = ['| run | metric | baseline | run | paired difference | '
            'same sign | p (paired t) | verdict |',
            '|---|---|---|---|---|---|---|---|']
@@ -369,8 +375,13 @@ def comparison_table(records: Mapping[str, Mapping[int, Record]],
     for metric in metrics:
       values = metric_values(by_seed, metric.key)
       base_values = metric_values(base, metric.key)
-      if not (set(values) & set(base_values)):
+      # Both columns over the seeds the difference pairs, so that it is
+      # their difference and `exceeds_spread` is tested against their stds.
+      common = set(values) & set(base_values)
+      if not common:
         continue
+      values = {s: v for s, v in values.items() if s in common}
+      base_values = {s: v for s, v in base_values.items() if s in common}
       diff = paired_difference(values, base_values)
       scale, digits = metric.scale, metric.digits
       std = '' if diff.n < 2 else f' ± {scale * diff.std:.{digits}f}'

@@ -15,8 +15,9 @@ into `--workdir`:
 * `results.json`: the same, with every seed's value, for scripts;
 * `sweep.png`: accuracy and spread / separation against lambda and alpha
   with error bars (the paper's Fig. 5);
-* `features_by_lambda.png`: the first seed's 2-D test features per lambda,
-  one legend, centers marked (the paper's Fig. 3).
+* `features_by_lambda.png`: one seed's 2-D test features per lambda (the
+  first of `--seeds` whose runs all kept them), one legend, centers marked
+  (the paper's Fig. 3).
 
 Launch (the README's sweep, on the offline Fashion-MNIST):
 
@@ -39,6 +40,7 @@ from typing import Sequence
 from absl import app
 from absl import flags
 from absl import logging
+import jax
 from ml_collections import config_flags
 import numpy as np
 
@@ -110,7 +112,9 @@ def sweep_figure(path: str, records, *, lambdas, alphas, lambda_sweep_alpha,
     for x_label, cells, swept in sweeps:
       values = [list(seeds_lib.metric_values(records[run_name(*p)],
                                               key).values()) for p in cells]
-      spreads = [seeds_lib.spread(v) for v in values]
+      # A cell without the metric is a gap in the curve, not a crash.
+      spreads = [seeds_lib.spread(v) if v else seeds_lib.Spread(
+          np.nan, np.nan, 0) for v in values]
       row.append(reporting.plots.SweepSeries(
           x_label=x_label,
           x_ticks=[f'{x:g}' for x in swept],
@@ -124,22 +128,31 @@ def sweep_figure(path: str, records, *, lambdas, alphas, lambda_sweep_alpha,
 
 
 def features_figure(path: str, records_dir: str, records, *, lambdas,
-                    alpha: float, seed: int) -> None:
-  """The seed's 2-D test features per lambda, one shared legend (Fig. 3)."""
+                    alpha: float, seeds: Sequence[int]) -> None:
+  """One seed's 2-D test features per lambda, one shared legend (Fig. 3).
+
+  The seed is the first of `seeds` whose runs all kept their features (the
+  records of an earlier study may have kept them for one seed only).
+  """
+  def kept(weight, seed):
+    return seeds_lib.kept_file(records_dir, run_name(weight, alpha), seed,
+                               'features.npz')
+  seed = next((s for s in seeds
+               if all(os.path.exists(kept(w, s)) for w in lambdas)), seeds[0])
   panels, titles = [], []
   for weight in lambdas:
     cell = run_name(weight, alpha)
-    kept = seeds_lib.kept_file(records_dir, cell, seed, 'features.npz')
-    if not os.path.exists(kept):
+    if not os.path.exists(kept(weight, seed)):
       logging.warning('No kept features for %s seed %d; left out of %s.',
                       cell, seed, path)
       continue
-    with np.load(kept) as archive:
+    with np.load(kept(weight, seed)) as archive:
       panels.append(dict(archive))
     metrics = records[cell][seed]['metrics']
+    ratio = metrics.get('spread_to_separation')
     titles.append(f'lambda = {weight:g}\ntest acc. '
                   f'{100 * metrics["accuracy"]:.2f}%, spread / sep. '
-                  f'{metrics["spread_to_separation"]:.3f}')
+                  + ('-' if ratio is None else f'{ratio:.3f}'))
   if panels:
     reporting.plots.plot_feature_panel(
         panels, titles, [str(n) for n in panels[0]['class_names']], path=path,
@@ -167,6 +180,11 @@ def _sweep(argv: Sequence[str]) -> None:
   lambda_alpha, alpha_lambda = (_LAMBDA_SWEEP_ALPHA.value,
                                 _ALPHA_SWEEP_LAMBDA.value)
   points = sweep_points(lambdas, alphas, lambda_alpha, alpha_lambda)
+  names = [run_name(*p) for p in points]
+  if len(set(names)) < len(names):  # `:g` keeps 6 significant digits.
+    raise app.UsageError(f'Two sweep points share a run name: {names}; '
+                         'give lambdas and alphas that differ within 6 '
+                         'significant digits.')
   cells = {}
   for weight, alpha in points:
     config = base.copy_and_resolve_references()
@@ -178,6 +196,8 @@ def _sweep(argv: Sequence[str]) -> None:
   records = seeds_lib.run_cells(cells, seeds, workdir=root,
                                 records_dir=records_dir,
                                 keep_files=('features.npz',))
+  if jax.process_index() != 0:  # One host writes the report.
+    return
 
   tables = [seeds_lib.spread_table(
       records, METRICS, {run_name(*p): (f'{p[0]:g}', f'{p[1]:g}')
@@ -197,8 +217,7 @@ def _sweep(argv: Sequence[str]) -> None:
                alphas=alphas, lambda_sweep_alpha=lambda_alpha,
                alpha_sweep_lambda=alpha_lambda)
   features_figure(os.path.join(root, 'features_by_lambda.png'), records_dir,
-                  records, lambdas=lambdas, alpha=lambda_alpha,
-                  seed=seeds[0])
+                  records, lambdas=lambdas, alpha=lambda_alpha, seeds=seeds)
   print(report)
   print(f'\nTables, JSON and figures in {root}')
 

@@ -236,9 +236,10 @@ def plot_sweeps(rows: Sequence[Sequence[SweepSeries]], *,
   """A grid of metric-against-hyperparameter plots with error bars (Fig. 5).
 
   Bars are +- one standard deviation over seeds; a value measured with a
-  single seed is drawn hollow, without a bar. Each point is labelled with
-  its number of seeds; the seeds' own values, if given, are grey dots
-  beside it (with three seeds a reader should see them, not only a bar).
+  single seed is drawn hollow, without a bar, and one of none (NaN) is a
+  gap. Each point is labelled with its number of seeds; the seeds' own
+  values, if given, are grey dots beside it (with three seeds a reader
+  should see them, not only a bar).
 
   Args:
     rows: the grid, e.g. `[[accuracy vs lambda, accuracy vs alpha],
@@ -268,6 +269,8 @@ def plot_sweeps(rows: Sequence[Sequence[SweepSeries]], *,
         ax.plot(np.full(len(seed_values), xi + 0.08), seed_values, '.',
                 color='gray', markersize=4)
       for xi, mean, count in zip(x, means, series.counts):
+        if not count:  # Not measured: a gap in the curve, no label.
+          continue
         # Left of the point: the seeds' dots are to its right.
         ax.annotate(f'n={count}', (xi, mean), textcoords='offset points',
                     xytext=(-7, -3), ha='right', va='top', fontsize=7,

@@ -176,6 +176,22 @@ def evaluation_changes(stored: dict, current: dict) -> list[str]:
   return _changes(stored, current, free=free)
 
 
+def record_changes(stored: dict, current: dict) -> list[str]:
+  """`config_changes`, for reusing a finished run's record in a study.
+
+  A record (`experiments/seeds.py`) holds a run's final metrics, so every
+  field that changes them counts, `evaluation.*` included (mirroring, PCA).
+  Free are how the run was logged, saved and run, and where its data lay:
+  the input's paths (`data_dir`, `*_dir`, `*_file`) name a place, not the
+  data, so a study's records are reused where the data lies elsewhere.
+  """
+  def free(field):
+    is_path = field.startswith('input.') and field.endswith(('_dir', '_file'))
+    return (is_path or field in TRAJECTORY_FREE_FIELDS
+            or field.startswith(('distributed.', 'pipeline.')))
+  return _changes(stored, current, free=free)
+
+
 def _changes(stored: dict, current: dict, *, free) -> list[str]:
   old, new = _flat(stored), _flat(current)
   return [f'{field}: {old[field]!r} -> {new[field]!r}'

@@ -1,12 +1,16 @@
 """The statistics of a study over seeds, and the ROC its face runs keep."""
 
+import json
 import math
+import os
 
 import numpy as np
 import pytest
 from scipy import stats
 
 from centerloss_jax.metrics import verification
+from centerloss_jax.training import run_config
+from configs import default
 from experiments import seeds as seeds_lib
 
 
@@ -52,6 +56,11 @@ def test_a_difference_beyond_the_seed_spread_gets_a_verdict():
       {0: 0.70, 1: 0.70, 2: 0.70, 3: 0.70})
   assert mixed.exceeds_spread and mixed.same_sign == 3
   assert mixed.verdict() == 'within seed spread'
+  # Two seeds agree by chance one time in two: no verdict yet.
+  two_seeds = seeds_lib.paired_difference({0: 0.80, 1: 0.81},
+                                          {0: 0.70, 1: 0.71})
+  assert two_seeds.exceeds_spread and two_seeds.same_sign == 2
+  assert two_seeds.verdict() == 'too few seeds for a verdict'
   one_seed = seeds_lib.paired_difference({0: 0.9}, {0: 0.7, 1: 0.8})
   assert one_seed.n == 1 and one_seed.verdict() == 'spread not measured'
   with pytest.raises(ValueError, match='No common seed'):
@@ -64,8 +73,9 @@ def _record(seed, **metrics):
 
 def test_tables_show_each_cell_and_its_paired_difference():
   records = {
+      # Seed 3 of softmax alone: in its spread, not in the comparison.
       'softmax': {s: _record(s, accuracy=a) for s, a in
-                  enumerate([0.70, 0.71, 0.72])},
+                  enumerate([0.70, 0.71, 0.72, 0.50])},
       'center': {s: _record(s, accuracy=a) for s, a in
                  enumerate([0.75, 0.77, 0.76])},
   }
@@ -73,13 +83,38 @@ def test_tables_show_each_cell_and_its_paired_difference():
   spread_rows = seeds_lib.spread_table(
       records, [metric], {'softmax': ('softmax',), 'center': ('center',)},
       ('run',)).splitlines()
-  assert spread_rows[2] == '| softmax | 3 | 71.00 ± 1.00 |'
+  assert spread_rows[2] == '| softmax | 4 | 65.75 ± 10.53 |'
   assert spread_rows[3] == '| center | 3 | 76.00 ± 1.00 |'
   comparison = seeds_lib.comparison_table(records, 'softmax', [metric])
   row = comparison.splitlines()[2].split(' | ')
+  # Both columns over the seeds the difference pairs.
   assert row[:5] == ['| center', 'accuracy (%)', '71.00 ± 1.00',
                      '76.00 ± 1.00', '+5.00 ± 1.00']
   assert row[5] == '3/3' and row[7] == 'better |'
+
+
+def test_a_record_is_reused_unless_its_metrics_would_differ(tmp_path):
+  config = default.get_config()
+  path = seeds_lib.record_path(str(tmp_path), 'cell', 0)
+  assert seeds_lib.load_record(path, config) is None  # Not trained yet.
+  os.makedirs(os.path.dirname(path))
+  with open(path, 'w') as f:
+    json.dump({'config': json.loads(config.to_json()), 'metrics': {}}, f)
+  # Logging, the parallel mode and where the data lies do not change the
+  # record's metrics.
+  moved = config.copy_and_resolve_references()
+  moved.log_every_steps = 7
+  moved.parallel = 'shard_map'
+  moved.input.data_dir = '/elsewhere/fashion-mnist'
+  assert seeds_lib.load_record(path, moved)['metrics'] == {}
+  # Evaluating without mirrored images, or training longer, does.
+  other = config.copy_and_resolve_references()
+  other.evaluation.mirror = False
+  other.num_train_steps = 1
+  with pytest.raises(run_config.ConfigChangedError,
+                     match=r'evaluation.mirror: True -> False; '
+                           r'num_train_steps: -1 -> 1'):
+    seeds_lib.load_record(path, other)
 
 
 def test_roc_on_a_grid_is_the_tar_at_each_far():

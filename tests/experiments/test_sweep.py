@@ -45,7 +45,8 @@ def test_sweep_records_every_cell_at_every_seed(sweep_run):
   assert set(os.listdir(records_dir)) == cells
   for cell in cells:
     assert sorted(os.listdir(records_dir / cell)) == [
-        'seed_0.features.npz', 'seed_0.json', 'seed_1.json']
+        'seed_0.features.npz', 'seed_0.json', 'seed_1.features.npz',
+        'seed_1.json']
     seed_runs = []
     for seed in (0, 1):
       with open(records_dir / cell / f'seed_{seed}.json') as f:
@@ -83,6 +84,8 @@ def test_sweep_tables_give_the_spread_over_seeds(sweep_run):
   # Two cells against lambda 0, on accuracy and spread / separation.
   assert len(comparisons) == 4
   assert all(line.count('/2 |') == 1 for line in comparisons)
+  assert all(line.endswith('| too few seeds for a verdict |')
+             for line in comparisons)
   for name in ('sweep.png', 'features_by_lambda.png'):
     assert os.path.getsize(sweep_run / name) > 10_000
 
