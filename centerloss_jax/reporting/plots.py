@@ -147,11 +147,15 @@ def plot_roc(curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
 
 
 def _finish_roc(fig: Figure, ax, *, smallest_far: float, y_label: str,
-                title: Optional[str], path: Optional[str]) -> None:
-  """The ROC axes both ROC figures share: log FAR, legend, saved."""
+                title: Optional[str], path: Optional[str],
+                lowest_tar: float = 0.0) -> None:
+  """The ROC axes both ROC figures share: log FAR, legend, saved.
+
+  The TAR axis starts at 0, or just below `lowest_tar` on the 0.1 grid.
+  """
   ax.set_xscale('log')
   ax.set_xlim(smallest_far, 1.0)
-  ax.set_ylim(0.0, 1.01)
+  ax.set_ylim(max(0.0, np.floor(10 * lowest_tar) / 10 - 0.05), 1.01)
   ax.set_xlabel('false accept rate')
   ax.set_ylabel(y_label)
   ax.grid(True, which='both', alpha=0.3)
@@ -309,7 +313,7 @@ def plot_roc_bands(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], *,
   fig = Figure(figsize=(6, 5), dpi=100)
   FigureCanvasAgg(fig)
   ax = fig.add_subplot()
-  smallest_far = 1.0
+  smallest_far, lowest_tar = 1.0, 1.0
   for name, (far, tars) in curves.items():
     far = np.asarray(far, np.float64)
     tars = np.atleast_2d(np.asarray(tars, np.float64))
@@ -318,15 +322,18 @@ def plot_roc_bands(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], *,
                        f'(seeds, grid) TARs, got shapes {far.shape} and '
                        f'{tars.shape}.')
     smallest_far = min(smallest_far, float(far.min()))
+    lowest_tar = min(lowest_tar, float(tars.min()))
     # TAR at a FAR is a step function (`tar_on_far_grid`): drawn as one.
     line, = ax.plot(far, tars.mean(axis=0), drawstyle='steps-post',
                     label=f'{name} ({len(tars)} seed'
                           f'{"s" if len(tars) > 1 else ""})')
     ax.fill_between(far, tars.min(axis=0), tars.max(axis=0), step='post',
                     color=line.get_color(), alpha=0.2, linewidth=0)
+  # Runs compared over seeds lie close: the TAR axis starts below the
+  # lowest band, so that the bands' differences are visible.
   _finish_roc(fig, ax, smallest_far=smallest_far,
               y_label='true accept rate (mean; band: min to max over seeds)',
-              title=title, path=path)
+              title=title, path=path, lowest_tar=lowest_tar)
   return fig
 
 

@@ -74,6 +74,10 @@ def test_roc_bands_span_the_seeds():
   band = ax.collections[0].get_paths()[0].vertices
   assert band[:, 1].min() == pytest.approx(0.2)
   assert band[:, 1].max() == pytest.approx(1.0)
+  # The TAR axis starts just below the lowest band (0.2), not at 0.
+  assert ax.get_ylim()[0] == pytest.approx(0.15)
+  high = plots.plot_roc_bands({'softmax': (far, tars / 2 + 0.5)})
+  assert high.axes[0].get_ylim()[0] == pytest.approx(0.55)  # From 0.6.
   with pytest.raises(ValueError, match=r'FARs > 0'):
     plots.plot_roc_bands({'bad': (np.array([0.0, 1.0]), tars[:, 1:])})
   with pytest.raises(ValueError, match='at least one curve'):
