@@ -18,7 +18,8 @@ at its schedule; records in experiments/results/fashion_mnist_full_length):
       --records_dir=experiments/results/fashion_mnist_full_length
 
 Expected runtime: 10K steps at 1.4-1.9 steps/s, so 1.5 to 2 hours a run on a
-2-core CPU; not yet run to the end here, so no expected accuracy is quoted.
+2-core CPU. Lambda 0, seed 0 gave 89.58% test accuracy (the README's
+full-length paragraph; lambda 0.01 is not run to the end yet).
 """
 
 import ml_collections
