@@ -81,17 +81,45 @@ def record_path(records_dir: str, cell: str, seed: int) -> str:
   return os.path.join(records_dir, cell, f'seed_{seed}.json')
 
 
+# The widest x86 vector extension decides the code XLA:CPU emits, and with it
+# the float rounding: two CPUs of one name can differ here (see the README).
+_SIMD_FLAGS = ('avx512f', 'avx2', 'avx', 'sse4_2')
+
+
+def cpu_info(cpuinfo: str) -> dict[str, Any]:
+  """The first CPU of a `/proc/cpuinfo` text: name, family, model, SIMD.
+
+  Args:
+    cpuinfo: the file's text.
+
+  Returns:
+    `cpu` (the model name), `cpu_family` and `cpu_model` (as the file
+    writes them) and `cpu_simd` (the widest of `_SIMD_FLAGS` in its flags);
+    each None where the text lacks it (ARM's file has no model name).
+  """
+  fields = {}
+  for line in cpuinfo.splitlines():
+    if not line.strip():
+      break  # The first processor's block ends at its blank line.
+    key, _, value = line.partition(':')
+    fields.setdefault(key.strip(), value.strip())
+  flags = set(fields.get('flags', '').split())
+  return {'cpu': fields.get('model name'),
+          'cpu_family': fields.get('cpu family'),
+          'cpu_model': fields.get('model'),
+          'cpu_simd': next((f for f in _SIMD_FLAGS if f in flags), None)}
+
+
 def machine() -> dict[str, Any]:
   """What a record says about where it ran (float rounding depends on it)."""
-  cpu = platform.processor() or platform.machine()
   try:
     with open('/proc/cpuinfo') as f:
-      cpu = next((line.split(':', 1)[1].strip() for line in f
-                  if line.startswith('model name')), cpu)
-  except OSError:
-    pass
+      info = cpu_info(f.read())
+  except OSError:  # Not Linux.
+    info = cpu_info('')
+  info['cpu'] = info['cpu'] or platform.processor() or platform.machine()
   device = jax.devices()[0]
-  return {'cpu': cpu, 'cpu_count': os.cpu_count(), 'jax': jax.__version__,
+  return {**info, 'cpu_count': os.cpu_count(), 'jax': jax.__version__,
           'platform': device.platform, 'device_kind': device.device_kind,
           'device_count': jax.device_count(),
           'process_count': jax.process_count()}

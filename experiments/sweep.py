@@ -22,7 +22,7 @@ into `--workdir`:
 Launch (the README's sweep, on the offline Fashion-MNIST):
 
   python -m experiments.sweep --config=configs/default.py \
-      --workdir=runs/sweep --seeds=0,1,2 --lambdas=0,0.01,0.1 \
+      --workdir=runs/sweep --seeds=0,1,2 \
       --records_dir=experiments/results/fashion_mnist_one_epoch
 
 Any config field can be overridden as usual, e.g.

@@ -155,3 +155,19 @@ def test_a_run_keeps_its_measurable_roc_and_seeds_band_it(tmp_path):
                                    'roc_tar': tars[1, 1:].tolist()}
   with pytest.raises(ValueError, match='different FAR grids'):
     seeds_lib.roc_bands(records)
+
+
+def test_a_record_tells_apart_cpus_of_one_name():
+  # Two "AMD EPYC" machines that round differently: only family and SIMD say so.
+  first = ('processor\t: 0\nmodel name\t: AMD EPYC\ncpu family\t: 23\n'
+           'model\t\t: 1\nflags\t\t: fpu sse4_2 avx avx2\n\n'
+           'processor\t: 1\nmodel name\t: other\n')
+  later = 'model name\t: AMD EPYC\ncpu family\t: 26\nflags\t: avx2 avx512f\n'
+  assert seeds_lib.cpu_info(first) == {
+      'cpu': 'AMD EPYC', 'cpu_family': '23', 'cpu_model': '1',
+      'cpu_simd': 'avx2'}
+  assert seeds_lib.cpu_info(later)['cpu_simd'] == 'avx512f'
+  assert seeds_lib.cpu_info('') == {
+      'cpu': None, 'cpu_family': None, 'cpu_model': None, 'cpu_simd': None}
+  record = seeds_lib.machine()
+  assert record['cpu'] and record['cpu_count'] >= 1
