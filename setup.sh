@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh machine (idempotent, safe to rerun):
-#  - a virtualenv in .venv with centerloss_jax (editable) and its test extras;
+#  - a virtualenv in .venv with centerloss_jax (editable), its trainer, test and
+#    docs extras, at the exact versions of constraints.txt;
 #  - the offline Fashion-MNIST of the Debian package dataset-fashion-mnist
 #    (IDX files under /usr/share/datasets/fashion-mnist), used by the default
 #    experiment. Skipped with a message where apt-get cannot run.
@@ -14,7 +15,7 @@ if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test]'
+.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test,docs]'
 
 FMNIST_DIR=/usr/share/datasets/fashion-mnist
 if [ ! -e "$FMNIST_DIR/train-images-idx3-ubyte.gz" ]; then

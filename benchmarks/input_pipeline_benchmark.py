@@ -11,8 +11,8 @@ markdown table of batch production alone (no training step): batches of
 `--batch_size` for `--num_batches` steps, shuffled, flipped, as the CASIA
 config's training reads them, from
 
-* the identity folders through `epoch_batches` (the loop the trainer ran
-  before the grain pipeline: decode + align in the training process);
+* the identity folders through `epoch_batches` (decode + align in the
+  training process, no pipeline);
 * the folders through the grain pipeline, with 0, 1, 2, 4 worker processes;
 * the pack through the pipeline (no decode, no alignment);
 * the Fashion-MNIST IDX arrays through the pipeline, for scale.
@@ -117,13 +117,13 @@ def main(argv):
                                 seed=0, shuffle=True, drop_remainder=True,
                                 augment_fn=flip)
 
-  def loop_batches(split):  # The trainer's loop before grain, epoch by epoch.
+  def loop_batches(split):  # The plain epoch loop, without grain.
     for epoch in itertools.count():
       yield from batching.epoch_batches(
           split, global_batch_size=_BATCH.value, epoch=epoch, seed=0,
           shuffle=True, drop_remainder=True, augment_fn=flip)
 
-  rows = [('folders (JPEG, aligned)', 'epoch_batches loop (before)',
+  rows = [('folders (JPEG, aligned)', 'epoch_batches loop (no grain)',
            lambda: loop_batches(splits['folders (JPEG, aligned)']))]
   for source in splits:
     for workers in map(int, _WORKERS.value):

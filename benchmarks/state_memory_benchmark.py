@@ -14,9 +14,9 @@ then a resume of the same workdir for `--steps` more
 (`--allow_config_change`: the run is longer), each followed by the final
 evaluation (the closed-set test split and the open-set protocols). Each
 run's peak resident memory (its `ru_maxrss`, read by a wrapper process that
-waits for it) is printed next to the state's size: the classifier kernel, its SGD momentum and the
-centers, `3 * num_classes * feature_dim * 4` bytes, and the target of
-issue 14: at most 1.5x the state plus 3 GiB.
+waits for it) is printed next to the state's size (the classifier kernel,
+its SGD momentum and the centers, `3 * num_classes * feature_dim * 4`
+bytes) and the target: at most 1.5x the state plus 3 GiB.
 """
 
 from __future__ import annotations

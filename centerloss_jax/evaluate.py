@@ -20,8 +20,8 @@ Overrides may change evaluation and data fields only: `evaluation.*`,
 `input.image_shape`), `batch_size`, `parallel`, e.g.
 `--config.input.pairs_dir=/data/lfw --config.input.pairs_file=/data/pairs.txt`.
 Any other change is refused, naming the fields. `--config=<file>` is only
-needed for a workdir without `config.json` (trained before it was stored);
-with one, the file must agree with it outside those fields.
+needed for a workdir without `config.json`; with one, the file must agree
+with it outside those fields.
 
 Writes `<output_dir>/evaluation.json` (the metrics, and the CMC as
 `<set>/cmc`: rank-1 ... rank-`max_rank` rates) and `roc.png`, and prints

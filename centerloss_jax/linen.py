@@ -6,7 +6,7 @@ move only by the paper's Eq. 4, when the module is applied with the
 collection mutable. Applying it with `update=True` (the default) and the
 collection immutable is an error, not a silent no-op.
 
-Example:
+Example::
 
   class Net(nn.Module):
     @nn.compact
@@ -58,6 +58,26 @@ class CenterLoss(nn.Module):
   `invalid_labels`, the count of masked labels, and the batch means of
   `losses.DIAGNOSTICS` (`feature_center_distance`, `center_norm`,
   `center_movement`; see `losses.diagnostics`).
+
+  Examples:
+    The loss uses the centers before this call's update; the update comes
+    back in the mutable `'centers'` collection:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from centerloss_jax.linen import CenterLoss
+    >>> layer = CenterLoss(num_classes=3, alpha=0.5)
+    >>> features = jnp.array([[4., 0.], [0., 4.]])
+    >>> labels = jnp.array([0, 1])
+    >>> variables = layer.init(jax.random.key(0), features, labels)
+    >>> loss, updates = layer.apply(variables, features, labels,
+    ...                             mutable=['centers'])
+    >>> print(loss)
+    8.0
+    >>> print(updates['centers']['centers'])
+    [[1. 0.]
+     [0. 1.]
+     [0. 0.]]
   """
   num_classes: int
   alpha: float = 0.5

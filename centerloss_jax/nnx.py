@@ -9,7 +9,7 @@ updates them in place when the module is called in training mode. Like
 also refreshes the module's `Diagnostic` variables (`invalid_labels`,
 `feature_center_distance`, `center_norm`, `center_movement`).
 
-Example:
+Example::
 
   class Net(nnx.Module):
     def __init__(self, rngs):
@@ -42,7 +42,21 @@ Initializer = Callable[[jax.Array, tuple[int, ...], Any], jax.Array]
 
 
 class Centers(nnx.Variable):
-  """Class centers: non-differentiable state, updated by Eq. 4 only."""
+  """Class centers: non-differentiable state, updated by Eq. 4 only.
+
+  Examples:
+    A `CenterLoss` holds no `nnx.Param`: its centers are `Centers`, which
+    `nnx.Optimizer(..., wrt=nnx.Param)` and `nnx.grad` leave alone.
+
+    >>> import jax
+    >>> from flax import nnx
+    >>> from centerloss_jax.nnx import CenterLoss, Centers
+    >>> layer = CenterLoss(num_classes=3, feature_dim=2, rngs=nnx.Rngs(0))
+    >>> print(len(jax.tree.leaves(nnx.state(layer, nnx.Param))))
+    0
+    >>> print(jax.tree.leaves(nnx.state(layer, Centers))[0].shape)
+    (3, 2)
+  """
 
 
 class Diagnostic(nnx.Variable):
@@ -55,7 +69,28 @@ class Diagnostic(nnx.Variable):
 
 
 class CenterLoss(nnx.Module):
-  """Center loss (Eq. 2) whose centers are updated in place by Eq. 4."""
+  """Center loss (Eq. 2) whose centers are updated in place by Eq. 4.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from centerloss_jax.nnx import CenterLoss
+    >>> layer = CenterLoss(num_classes=3, feature_dim=2, alpha=0.5,
+    ...                    rngs=nnx.Rngs(0))
+    >>> features = jnp.array([[4., 0.], [0., 4.]])
+    >>> labels = jnp.array([0, 1])
+    >>> print(layer(features, labels))  # With the zero centers.
+    8.0
+    >>> print(layer.centers[...])  # Moved in place by Eq. 4.
+    [[1. 0.]
+     [0. 1.]
+     [0. 0.]]
+    >>> layer.eval()  # Only reads the centers from here on.
+    >>> print(layer(features, labels))
+    4.5
+    >>> print(float(layer.center_movement[...]))
+    0.0
+  """
 
   def __init__(self, num_classes: int, feature_dim: int, *,
                alpha: float = 0.5, axis_name: Optional[str] = None,

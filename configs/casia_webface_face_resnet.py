@@ -47,10 +47,10 @@ On 8 accelerators add `--config.parallel=shard_map` (batch 256 = 32 each).
 Expected result: the paper reports 99.28% LFW accuracy for softmax + center
 loss (97.37% softmax only) with its larger training set; public
 reproductions of the Caffe model report 98.6-98.9% (~99.3% with PCA), as
-collected in the project's paper notes. NOT run here (no accelerator, no
-CASIA-WebFace on these machines), so no measured result is quoted; the
-`runlocal` variant (a narrow network on a tiny folder tree written by the
-test) is what the tests run.
+collected in the project's paper notes. No result of this config is
+recorded in this repository, so none is quoted here; the `runlocal` variant
+(a narrow network on a tiny folder tree written by the test) is what the
+tests run.
 Softmax only: `--config.center_loss.weight=0`; ArcFace:
 `--config.loss.classifier=arcface`.
 """

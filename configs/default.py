@@ -2,19 +2,22 @@
 
 Softmax + center loss (lambda 0.01, alpha 0.5), the reference Caffe MNIST
 recipe on Fashion-MNIST read from the Debian package `dataset-fashion-mnist`
-(IDX files under /usr/share/datasets/fashion-mnist), shortened to fit about
-five minutes on a 2-core CPU.
+(IDX files under /usr/share/datasets/fashion-mnist), shortened to one epoch
+(468 steps).
 
 Launch:
   python -m centerloss_jax.main --config=configs/default.py --workdir=/tmp/cl
 
-Expected result (measured on a 2-core CPU, JAX 0.10.2, seed 0; bit-identical
-across reruns there): test accuracy 77.36%, intra-class spread 2.686, spread /
-separation 0.202, in 5 to 5.5 minutes of wall time (one epoch, 468 steps at
-about 1.9 steps/s); the 2-D feature plot is `<workdir>/features_step_468.png`.
+Expected result (seed 0, JAX 0.10.2; the committed records in
+experiments/results/fashion_mnist_one_epoch): test accuracy 77.36%,
+intra-class spread 2.686, spread / separation 0.202; the 2-D feature plot is
+`<workdir>/features_step_468.png`. A rerun on the same machine repeats these
+bit for bit; XLA:CPU results depend on the CPU's vector extensions, so
+another CPU may give slightly different ones (each record names its CPU).
 With `--config.center_loss.weight=0` (softmax only): 74.30%, spread /
 separation 0.274. Over seeds 0, 1, 2 (`--config.seed`): 77.15 ± 1.61% with
-center loss, 74.55 ± 0.51% without (the README's sweep).
+center loss, 74.55 ± 0.51% without (docs/results.md).
+Runtime: about 5 minutes on 2 CPU cores.
 
 Softmax only: add `--config.center_loss.weight=0`.
 A few-second run of a narrow LeNet++ on a data subset, for laptops and tests:
@@ -97,7 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # K > 0: batches of batch_size / K identities with K images each (P x K),
   # which the pair losses (loss.pair) need; 0: random batches.
   config.batch_images_per_identity = 0
-  # One epoch, 468 steps: about 5 minutes on a 2-core CPU.
+  # One epoch, 468 steps: about 5 minutes on 2 CPU cores.
   config.num_epochs = 1.0
   config.num_train_steps = -1            # > 0 overrides num_epochs.
   config.parallel = 'jit'                # 'jit', 'pmap' or 'shard_map'.

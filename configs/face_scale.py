@@ -9,7 +9,7 @@ centers and the (D, C) classifier kernel split along the classes over a
 `jax.shard_map`, one process per host started by
 `jax.distributed.initialize()`. The state is created already split, each
 process saves and restores its own shards, and the communication per step
-does not depend on the number of classes (see the README).
+does not depend on the number of classes (see docs/benchmarks.md).
 
 Data: one folder per identity (an MS1M-style export, `<train_dir>/<id>/*.jpg`,
 aligned or with a landmark list), packed once into memory-mapped records.
@@ -36,8 +36,8 @@ run class-sharded too: `--config.loss.classifier=arcface` (or `cosface`,
 clips by the norm of all the shards together. The global batch must divide
 by the batch replicas (devices / 8) and the classes by `class_shards`.
 
-Honest status: NOT run at scale here (no accelerator, no MS1M). What is
-tested, on 8 fake CPU devices, is the `runlocal` variant end to end (in one
+No result at scale is recorded in this repository. What is tested, on 8
+fake CPU devices, is the `runlocal` variant end to end (in one
 process and in two), the class-sharded steps' equality with replicated
 training (softmax, SphereFace, CosFace, ArcFace, clipping), and the peak
 memory of the CLI at 4M classes (`benchmarks/state_memory_benchmark.py`).

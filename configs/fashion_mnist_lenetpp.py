@@ -11,18 +11,18 @@ Launch:
 Softmax only: add `--config.center_loss.weight=0`.
 On 8 devices: add `--config.parallel=shard_map` (or `pmap`).
 
-The README's full-length comparison (lambda 0 and 0.01, the paper's Fig. 3
+The full-length comparison of docs/results.md (lambda 0 and 0.01, the paper's Fig. 3
 at its schedule; records in experiments/results/fashion_mnist_full_length):
   python -m experiments.sweep --config=configs/fashion_mnist_lenetpp.py \
       --workdir=runs/full_length --lambdas=0,0.01 --alphas= --seeds=0,1 \
       --records_dir=experiments/results/fashion_mnist_full_length
 
-Expected runtime: 10K steps at 1.4-4.4 steps/s on the 2-core CPUs it ran
-on (by the machine, and whether another run shares it), 40 min to 2 hours a
-run; a 2-core machine with AVX2 only gave 0.5 steps/s (about 6 hours).
-Seed 0 gave 89.58% test accuracy at lambda 0 and 89.63% at lambda 0.01,
-spread / separation 0.225 and 0.106; seed 1 gave 88.96% and 89.97%, 0.221
-and 0.120 (the README's full-length section).
+Expected result (the committed records; JAX 0.10.2): seed 0 gives 89.58%
+test accuracy at lambda 0 and 89.63% at lambda 0.01, spread / separation
+0.225 and 0.106; seed 1 gives 88.96% and 89.97%, 0.221 and 0.120 (docs/results.md). XLA:CPU results depend on the CPU's vector
+extensions, so another CPU may give slightly different numbers.
+Runtime: about 1 to 2 hours a run on 2 CPU cores (up to about 6 hours on
+slower CPUs).
 """
 
 import ml_collections

@@ -12,9 +12,9 @@ Launch:
 The paper's Fig. 3 lambda sweep: add `--config.center_loss.weight=<lambda>`
 for lambda in {0, 1e-4, 1e-3, 1e-2, 1e-1}.
 
-Expected: the paper reports no MNIST accuracy for LeNet++, and this config
-has not been run to the end here (no internet on our machines, so no MNIST);
-its runlocal variant is tested on TFDS mock data.
+Expected: the paper reports no MNIST accuracy for LeNet++, and no result of
+this config is recorded in this repository; its runlocal variant is tested
+on TFDS mock data.
 """
 
 import ml_collections

@@ -15,7 +15,7 @@ Launch:
       --workdir=runs/synthetic_faces
   python -m centerloss_jax.evaluate --workdir=runs/synthetic_faces
 
-The README's comparison over seeds (softmax, + center at lambda 3e-3 and
+The comparison over seeds of docs/results.md (softmax, + center at lambda 3e-3 and
 3e-4, three seeds each; records in experiments/results/synthetic_faces):
   python -m experiments.face_comparison --config=configs/synthetic_faces.py \
       --workdir=runs/face_comparison --seeds=0,1,2 \
@@ -26,12 +26,14 @@ The README's comparison over seeds (softmax, + center at lambda 3e-3 and
 in a batch is positive).
 
 Expected result (this config as it is, softmax + center loss at the paper's
-lambda 3e-3; seed 0, 2-core CPU, JAX 0.10.2, measured as the softmax+center
-row of the comparison): verification accuracy 97.38 +- 0.66% (10 folds),
-AUC 0.9970, TAR 72.4% at FAR 1e-3, rank-1 identification 64.5%, closed-set
-accuracy 89.7%; about 11 minutes alone on the CPU. Softmax alone gives
-97.13%, 77.5% and 66.5%; lambda 3e-4 (`--config.center_loss.weight=3e-4`)
-97.67%, 81.1% and 69.4%: see the README's face table.
+lambda 3e-3; seed 0, JAX 0.10.2, the softmax+center record of the
+comparison): verification accuracy 97.38 +- 0.66% (10 folds), AUC 0.9970,
+TAR 72.4% at FAR 1e-3, rank-1 identification 64.5%, closed-set accuracy
+89.7%. Softmax alone gives 97.13%, 77.5% and 66.5%; lambda 3e-4
+(`--config.center_loss.weight=3e-4`) 97.67%, 81.1% and 69.4%: see the
+face tables of docs/results.md. XLA:CPU results depend on the CPU's vector extensions,
+so another CPU may give slightly different numbers.
+Runtime: about 11 minutes on 2 CPU cores.
 `--config=configs/synthetic_faces.py:runlocal` is a seconds-long version for
 tests and laptops.
 """

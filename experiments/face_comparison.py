@@ -28,7 +28,7 @@ then writes into `--workdir`:
 * `roc.png`: the verification ROC curves, the mean over seeds and the band
   from the lowest to the highest seed.
 
-Launch (the README's table: three runs at three seeds, offline, about two
+Launch (docs/results.md: three runs at three seeds, offline, about two
 and a half hours on a 2-core CPU):
 
   python -m experiments.face_comparison --config=configs/synthetic_faces.py \
@@ -81,6 +81,9 @@ _RUNS = flags.DEFINE_list('runs', list(DEFAULT_RUNS),
                           f'Runs, among {list(RUNS)}; the first is the '
                           'baseline of the paired comparison.')
 _SEEDS = flags.DEFINE_list('seeds', ['0'], 'Seeds of every run.')
+_REPORT_ONLY = flags.DEFINE_bool(
+    'report_only', False, 'Report from the records alone: fail, naming '
+    'them, if any record is missing, instead of training it.')
 _RECORDS_DIR = flags.DEFINE_string(
     'records_dir', None, 'Where the runs\' records are kept and looked up '
     '(default: <workdir>/records).')
@@ -140,7 +143,8 @@ def _compare(argv: Sequence[str]) -> None:
     training.run_config.check_config(config)
   records = seeds_lib.run_cells(cells, seeds, workdir=root,
                                 records_dir=records_dir,
-                                keep=seeds_lib.keep_roc)
+                                keep=seeds_lib.keep_roc,
+                                train=not _REPORT_ONLY.value)
   if jax.process_index() != 0:
     return
   columns = table_metrics(records)

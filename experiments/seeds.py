@@ -82,7 +82,7 @@ def record_path(records_dir: str, cell: str, seed: int) -> str:
 
 
 # The widest x86 vector extension decides the code XLA:CPU emits, and with it
-# the float rounding: two CPUs of one name can differ here (see the README).
+# the float rounding: two CPUs of one name can differ here (see docs/reproducibility.md).
 _SIMD_FLAGS = ('avx512f', 'avx2', 'avx', 'sse4_2')
 
 
@@ -151,7 +151,8 @@ def load_record(path: str, config: ml_collections.ConfigDict
 def run_cells(cells: Mapping[str, ml_collections.ConfigDict],
               seeds: Sequence[int], *, workdir: str, records_dir: str,
               keep: Optional[Callable[[str], dict[str, Any]]] = None,
-              keep_files: Sequence[str] = ()) -> dict[str, dict[int, Record]]:
+              keep_files: Sequence[str] = (),
+              train: bool = True) -> dict[str, dict[int, Record]]:
   """Trains every cell at every seed that has no record yet; returns all.
 
   Seed by seed (all cells at the first seed, then the next): a study cut
@@ -166,12 +167,22 @@ def run_cells(cells: Mapping[str, ml_collections.ConfigDict],
       ROC from the workdir's `roc.npz`.
     keep_files: files of each run's workdir to copy beside its record as
       `seed_<k>.<name>` (`kept_file`), for figures of one run per cell.
+    train: False to report from the records alone: a missing record is then
+      a `FileNotFoundError` naming it, before any run starts.
 
   Returns:
     `{cell: {seed: record}}`, with the records' `metrics` (the final
     evaluation of `training.train_and_evaluate`) and `kept` extras.
   """
   records = {name: {} for name in cells}
+  if not train:
+    missing = [record_path(records_dir, name, seed)
+               for seed in seeds for name in cells
+               if not os.path.exists(record_path(records_dir, name, seed))]
+    if missing:
+      raise FileNotFoundError(
+          f'{len(missing)} record(s) missing for a report from records '
+          f'alone: {", ".join(missing)}')
   for seed in seeds:
     for name, base in cells.items():
       config = base.copy_and_resolve_references()

@@ -19,7 +19,7 @@ into `--workdir`:
   first of `--seeds` whose runs all kept them), one legend, centers marked
   (the paper's Fig. 3).
 
-Launch (the README's sweep, on the offline Fashion-MNIST):
+Launch (docs/results.md, on the offline Fashion-MNIST):
 
   python -m experiments.sweep --config=configs/default.py \
       --workdir=runs/sweep --seeds=0,1,2 \
@@ -62,6 +62,9 @@ _LAMBDA_SWEEP_ALPHA = flags.DEFINE_float(
     'lambda_sweep_alpha', 0.5, 'alpha during the lambda sweep (the paper: 0.5).')
 _ALPHA_SWEEP_LAMBDA = flags.DEFINE_float(
     'alpha_sweep_lambda', 1e-2, 'lambda during the alpha sweep.')
+_REPORT_ONLY = flags.DEFINE_bool(
+    'report_only', False, 'Report from the records alone: fail, naming '
+    'them, if any record is missing, instead of training it.')
 config_flags.DEFINE_config_file('config', 'configs/default.py',
                                 'Base experiment config.', lock_config=True)
 
@@ -131,8 +134,8 @@ def features_figure(path: str, records_dir: str, records, *, lambdas,
                     alpha: float, seeds: Sequence[int]) -> None:
   """One seed's 2-D test features per lambda, one shared legend (Fig. 3).
 
-  The seed is the first of `seeds` whose runs all kept their features (the
-  records of an earlier study may have kept them for one seed only).
+  The seed is the first of `seeds` whose runs all kept their features (a
+  study's records may keep them for some seeds only).
   """
   def kept(weight, seed):
     return seeds_lib.kept_file(records_dir, run_name(weight, alpha), seed,
@@ -195,7 +198,8 @@ def _sweep(argv: Sequence[str]) -> None:
     cells[run_name(weight, alpha)] = config
   records = seeds_lib.run_cells(cells, seeds, workdir=root,
                                 records_dir=records_dir,
-                                keep_files=('features.npz',))
+                                keep_files=('features.npz',),
+                                train=not _REPORT_ONLY.value)
   if jax.process_index() != 0:  # One host writes the report.
     return
 

@@ -3,8 +3,8 @@
 Every import statement of every module of `centerloss_jax` is read from its
 source (those inside functions too), so a new module or import that breaks
 the layering fails here, naming the file, the line and the rule. The rules
-are the README's layering table, parsed from the README itself, so the two
-cannot drift apart.
+are the layering table of docs/architecture.md, parsed from that page, so
+the two cannot drift apart.
 """
 
 import ast
@@ -19,7 +19,7 @@ import repo_paths
 
 PACKAGE = 'centerloss_jax'
 PACKAGE_DIR = os.path.join(repo_paths.REPO_ROOT, PACKAGE)
-README = os.path.join(repo_paths.REPO_ROOT, 'README.md')
+LAYOUT_PAGE = os.path.join(repo_paths.REPO_ROOT, 'docs', 'architecture.md')
 
 # Third-party packages a layer must not import (at any depth): the data and
 # metrics layers stay numpy-only, the loss core stays free of Flax and of
@@ -37,10 +37,10 @@ TRAINING_SIDE = ('tensorflow_datasets', 'orbax', 'matplotlib', 'tensorboardX',
 
 
 def _layering_table() -> dict[str, set[str]]:
-  """{layer: the layers it may import} from the README's layering table."""
-  with open(README) as f:
+  """{layer: the layers it may import} from the docs' layering table."""
+  with open(LAYOUT_PAGE) as f:
     text = f.read()
-  section = text[text.index('### Layering'):]
+  section = text[text.index('## Layering'):]
   rules = {}
   for line in section.splitlines()[1:]:
     if line.startswith('#'):
@@ -48,7 +48,7 @@ def _layering_table() -> dict[str, set[str]]:
     match = re.match(r'\|\s*`([\w.]+)`\s*\|([^|]*)\|', line)
     if match:
       rules[match[1]] = set(re.findall(r'`([\w.]+)`', match[2]))
-  assert rules, 'README.md has no layering table under "### Layering".'
+  assert rules, 'docs/architecture.md has no layering table under "## Layering".'
   return rules
 
 
@@ -110,7 +110,7 @@ def test_every_layer_is_in_the_readme_table():
   rules = _layering_table()
   layers = {_layer(module) for module in MODULES}
   assert layers == set(rules), (
-      f'README layering table lists {sorted(rules)}, the package has '
+      f'The layering table of docs/architecture.md lists {sorted(rules)}, the package has '
       f'{sorted(layers)}: add new layers to the table (and remove old ones).')
 
 

@@ -1,6 +1,5 @@
 """One reduction scheme for every loss, the cosine and EMA variants, and the
-diagnostics, written as a user of the library would call them (the
-"loss in users' own code" issue, points 7 to 9).
+diagnostics, written as a user of the library would call them.
 """
 
 import functools

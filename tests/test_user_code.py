@@ -1,10 +1,9 @@
 """The loss in a user's own Flax code: the way users write it, not our trainer.
 
-Each test is a user's small model and loop (linen or NNX, optax), for the
-bug reports of the "loss in users' own code" issue: NNX eval mode, linen's
-silent no-op, `jax.shard_map` at its default `check_vma=True`, validation
-of alpha / weights / classes / list labels, and out-of-range labels made
-visible.
+Each test is a user's small model and loop (linen or NNX, optax), for what
+such code most easily gets wrong: NNX eval mode, linen's silent no-op,
+`jax.shard_map` at its default `check_vma=True`, validation of alpha /
+weights / classes / list labels, and out-of-range labels made visible.
 """
 
 import functools

@@ -1,10 +1,10 @@
 """Center loss in a user's own training loop: accumulation and checkpoints.
 
 User-style code (their own small linen and NNX models,
-`flax.training.train_state`, `nnx.Optimizer`, optax, Orbax), for the gradient-accumulation gap of the "loss in users' own
-code" issue: with `optax.MultiSteps` the centers must move once per
-accumulated batch, by Eq. 4 on all of it, exactly as one big batch would
-move them; and the centers must survive the user's own Orbax save/restore.
+`flax.training.train_state`, `nnx.Optimizer`, optax, Orbax): with
+`optax.MultiSteps` the centers must move once per accumulated batch, by
+Eq. 4 on all of it, exactly as one big batch would move them; and the
+centers must survive the user's own Orbax save/restore.
 """
 
 import functools
@@ -152,7 +152,7 @@ def _loss_fn(params, apply_fn, centers, x, y):
 
 @jax.jit
 def _accumulating_step(state, x, y):
-  """The README recipe: MultiSteps for params, accumulate_centers for Eq. 4."""
+  """The documented recipe: MultiSteps for params, accumulate_centers for Eq. 4."""
   grads, features = jax.grad(_loss_fn, has_aux=True)(
       state.params, state.apply_fn, state.centers, x, y)
   state = state.apply_gradients(grads=grads)

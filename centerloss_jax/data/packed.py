@@ -3,7 +3,7 @@ as memory-mapped uint8 arrays with no decode and no alignment.
 
 `pack_identity_folders` (the command: `python -m centerloss_jax.pack`) reads a
 training tree the way `face_folders.load_identity_folders` does (sorted
-identity folders, sorted files, optional 5-landmark alignment) and writes
+identity folders, sorted files, optional 5-landmark alignment) and writes::
 
   <pack_dir>/images-00000.u8 ...   raw (n, H, W, C) uint8 shards
   <pack_dir>/labels.npy            int32 (N,) labels

@@ -43,7 +43,7 @@ from centerloss_jax.data.batching import BatchReader
 def batch_iterator(reader: BatchReader, *, first_step: int, num_steps: int,
                    num_workers: int = 0, num_threads: int = 1,
                    prefetch: int = 2) -> grain.DatasetIterator:
-  """The batches of global steps `first_step .. num_steps - 1`, in order.
+  """The batches of global steps `first_step` to `num_steps - 1`, in order.
 
   Args:
     reader: makes the batch of a global step.
@@ -86,7 +86,7 @@ def _check_counts(**counts: int) -> None:
 
 
 class TrainingBatches(grain.DatasetIterator):
-  """The batches of steps `next_step .. num_steps - 1`, placed ahead.
+  """The batches of steps `next_step` to `num_steps - 1`, placed ahead.
 
   A grain `DatasetIterator` (`get_state`/`set_state`), saved in checkpoints
   with grain's Orbax handler (`training.checkpointing.save`). Its state

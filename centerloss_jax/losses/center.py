@@ -120,6 +120,17 @@ def center_loss(features: Array, labels: Array, centers: Array,
 
   Returns:
     A float32 scalar (0 when every weight is 0), or (batch,) for `'none'`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import centerloss_jax as cl
+    >>> features = jnp.array([[1., 1.], [2., 0.]])
+    >>> labels = jnp.array([0, 1])
+    >>> centers = jnp.zeros((2, 2))
+    >>> print(cl.center_loss(features, labels, centers))
+    1.5
+    >>> print(cl.center_loss(features, labels, centers, reduction='none'))
+    [1. 2.]
   """
   check_reduction(reduction)
   features, labels = jnp.asarray(features), jnp.asarray(labels)
@@ -253,7 +264,7 @@ def update_centers(centers: Array, features: Array, labels: Array, *,
   """The center update of Eq. 4, returning the new centers.
 
   For every class j present in the batch with (weighted) count
-  `n_j = sum_i w_i [y_i = j]`:
+  `n_j = sum_i w_i [y_i = j]`::
 
       delta_c_j = sum_i w_i [y_i = j] (c_j - x_i) / (1 + n_j)
       c_j <- c_j - alpha * delta_c_j
@@ -296,6 +307,20 @@ def update_centers(centers: Array, features: Array, labels: Array, *,
     ValueError: `alpha` outside [0, 1], an unknown `rule`, negative
       (concrete) weights, no class, or ill-shaped inputs (TypeError for
       non-integer labels).
+
+  Examples:
+    With one example per class, Eq. 4 moves each center by
+    `alpha / 2` of the way to its feature; class 2 is absent and stays put.
+
+    >>> import jax.numpy as jnp
+    >>> import centerloss_jax as cl
+    >>> centers = jnp.zeros((3, 2))
+    >>> features = jnp.array([[4., 0.], [0., 4.]])
+    >>> labels = jnp.array([0, 1])
+    >>> print(cl.update_centers(centers, features, labels, alpha=0.5))
+    [[1. 0.]
+     [0. 1.]
+     [0. 0.]]
   """
   check_update_options(alpha, rule)
   features, labels = jnp.asarray(features), jnp.asarray(labels)
@@ -323,6 +348,12 @@ class CenterStatistics(NamedTuple):
   Attributes:
     feature_sums: (num_classes, dim) float32, `S_j = sum_i w_i [y_i = j] x_i`.
     counts: (num_classes,) float32, `n_j = sum_i w_i [y_i = j]`.
+
+  Examples:
+    >>> import centerloss_jax as cl
+    >>> statistics = cl.CenterStatistics.zeros(num_classes=3, feature_dim=2)
+    >>> print(statistics.feature_sums.shape, statistics.counts.shape)
+    (3, 2) (3,)
   """
   feature_sums: Array
   counts: Array
@@ -356,6 +387,23 @@ def center_statistics(features: Array, labels: Array, num_classes: int, *,
     weights: optional (batch,) non-negative weights; 0 marks padding.
     normalize: sum L2-normalised features (the cosine form).
     axis_name: the mapped axis (or tuple of axes) of the batch, if any.
+
+  Returns:
+    The batch's `CenterStatistics`.
+
+  Examples:
+    The statistics of two micro-batches add up to those of both together:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> import centerloss_jax as cl
+    >>> first = cl.center_statistics(jnp.array([[4., 0.]]), jnp.array([0]),
+    ...                              num_classes=3)
+    >>> second = cl.center_statistics(jnp.array([[0., 4.]]), jnp.array([1]),
+    ...                               num_classes=3)
+    >>> total = jax.tree.map(jnp.add, first, second)
+    >>> print(total.counts)
+    [1. 1. 0.]
   """
   features, labels = jnp.asarray(features), jnp.asarray(labels)
   check_rows(features, labels, weights, rows_name='features',
@@ -387,6 +435,17 @@ def apply_center_statistics(centers: Array, statistics: CenterStatistics, *,
 
   Returns:
     The updated centers, same shape and dtype as `centers`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import centerloss_jax as cl
+    >>> statistics = cl.center_statistics(
+    ...     jnp.array([[4., 0.], [0., 4.]]), jnp.array([0, 1]), num_classes=3)
+    >>> print(cl.apply_center_statistics(jnp.zeros((3, 2)), statistics,
+    ...                                  alpha=0.5))
+    [[1. 0.]
+     [0. 1.]
+     [0. 0.]]
   """
   check_update_options(alpha, rule)
   centers = jnp.asarray(centers)
@@ -421,6 +480,28 @@ def accumulate_centers(centers: Array, statistics: CenterStatistics,
   Returns:
     (centers, statistics): the centers, moved if `apply`, and the running
     statistics, zero after an apply.
+
+  Examples:
+    Two micro-batches, the centers moving once, after the second:
+
+    >>> import jax.numpy as jnp
+    >>> import centerloss_jax as cl
+    >>> centers = jnp.zeros((3, 2))
+    >>> statistics = cl.CenterStatistics.zeros(num_classes=3, feature_dim=2)
+    >>> centers, statistics = cl.accumulate_centers(
+    ...     centers, statistics, jnp.array([[4., 0.]]), jnp.array([0]),
+    ...     apply=False, alpha=0.5)
+    >>> print(centers.sum(), statistics.counts)
+    0.0 [1. 0. 0.]
+    >>> centers, statistics = cl.accumulate_centers(
+    ...     centers, statistics, jnp.array([[0., 4.]]), jnp.array([1]),
+    ...     apply=True, alpha=0.5)
+    >>> print(centers)
+    [[1. 0.]
+     [0. 1.]
+     [0. 0.]]
+    >>> print(statistics.counts)
+    [0. 0. 0.]
   """
   check_update_options(alpha, rule)
   statistics = jax.tree.map(

@@ -44,7 +44,7 @@ batch replica computes it from the whole global batch (see `class_sharded_logits
 
 A step (per device, inside the shard_map; `w` the weights with invalid labels
 zeroed, `y_all` and `w_all` the labels and `w` all-gathered over 'batch', `W`
-the sum of `w_all`):
+the sum of `w_all`)::
 
     features = trunk(params, x)
     logits = class_sharded_logits(features, kernel, class_axis='classes',
@@ -71,6 +71,34 @@ Megatron-style tensor parallelism: `_reduce_from_shards` (psum forward,
 identity backward) and `_copy_to_shards` (all-gather forward, own rows and a
 psum backward). The center-loss terms need neither: their collectives act on
 the centers, which carry no gradient.
+
+Examples:
+  The center loss with 4 centers split over 2 devices (2 classes each) equals
+  the replicated `center_loss` (on a CPU, get several devices with
+  `XLA_FLAGS=--xla_force_host_platform_device_count=8`):
+
+  >>> import functools
+  >>> import jax
+  >>> import jax.numpy as jnp
+  >>> from jax.sharding import PartitionSpec as P
+  >>> from centerloss_jax.losses import center_loss
+  >>> from centerloss_jax.losses import class_sharded
+  >>> mesh = jax.make_mesh((2,), ('classes',), devices=jax.devices()[:2])
+  >>> @functools.partial(jax.shard_map, mesh=mesh,
+  ...                    in_specs=(P(), P(), P('classes')), out_specs=P(),
+  ...                    check_vma=False)
+  ... def sharded_center_loss(features, labels, centers_shard):
+  ...   return class_sharded.class_sharded_center_loss(
+  ...       features, labels, centers_shard, class_axis='classes')
+  >>> features = jnp.array([[4., 0.], [0., 4.], [2., 2.]])
+  >>> labels = jnp.array([0, 3, 1])
+  >>> centers = jnp.arange(8.).reshape(4, 2)
+  >>> print(center_loss(features, labels, centers))
+  10.5
+  >>> centers_sharded = jax.device_put(centers,
+  ...                                  jax.NamedSharding(mesh, P('classes')))
+  >>> print(sharded_center_loss(features, labels, centers_sharded))
+  10.5
 """
 
 from __future__ import annotations

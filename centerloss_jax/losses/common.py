@@ -158,7 +158,14 @@ def reduce_loss(per_example: Array, normalizer: Array,
 
 
 def valid_label_mask(labels: Array, num_classes: int) -> Array:
-  """True where `0 <= label < num_classes`."""
+  """True where `0 <= label < num_classes`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import centerloss_jax as cl
+    >>> print(cl.valid_label_mask(jnp.array([-1, 0, 2, 3]), num_classes=3))
+    [False  True  True False]
+  """
   # Compare in (at least) int32: in uint8, num_classes = 300 would wrap to 44.
   labels = jnp.asarray(labels)
   labels = labels.astype(jnp.promote_types(labels.dtype, jnp.int32))
@@ -171,6 +178,15 @@ def invalid_label_count(labels: Array, num_classes: int,
   """Number of examples (with non-zero weight) whose label is out of range.
 
   With `axis_name` (under `pmap`/`shard_map`), that of the global batch.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import centerloss_jax as cl
+    >>> labels = jnp.array([-1, 0, 2, 3])
+    >>> print(cl.invalid_label_count(labels, num_classes=3))
+    2
+    >>> print(cl.invalid_label_count(labels, 3, jnp.array([1., 1., 1., 0.])))
+    1
   """
   invalid = ~valid_label_mask(labels, num_classes)
   if weights is not None:
@@ -232,6 +248,13 @@ def l2_normalize(x: jax.Array, axis: int = -1,
 
   Returns:
     `x / max(||x||, epsilon)`, same shape and dtype as `x`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from centerloss_jax.losses import l2_normalize
+    >>> unit = l2_normalize(jnp.array([[3., 4.], [0., 0.]]))
+    >>> print(bool(jnp.allclose(unit, jnp.array([[0.6, 0.8], [0., 0.]]))))
+    True
   """
   squared_norm = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
   return x * jax.lax.rsqrt(jnp.maximum(squared_norm, epsilon**2))

@@ -1,7 +1,7 @@
 """The contrastive loss the paper compares with (DeepID2; Hadsell et al. 2006).
 
 On every ordered pair `(i, j)`, `i != j`, of examples in the batch, with
-Euclidean distance `d = ||x_i - x_j||`:
+Euclidean distance `d = ||x_i - x_j||`::
 
   same identity:       0.5 * d^2
   different identity:  0.5 * max(0, margin - d)^2
@@ -14,7 +14,7 @@ whose first element is one of its anchors; the `psum` of those sums over
 replicas is the full-batch sum, and, because the all-gather's transpose is a
 reduce-scatter, so is the gradient. Divide the summed loss by the summed
 `num_pairs` for the mean. On one device pass the batch as both. Inside
-`jax.shard_map` or `jax.pmap` over axis 'batch':
+`jax.shard_map` or `jax.pmap` over axis 'batch'::
 
   gather = functools.partial(jax.lax.all_gather, axis_name='batch', tiled=True)
   sums = contrastive_loss_sums(
@@ -198,6 +198,18 @@ def contrastive_loss_sums(anchor_features: Array, anchor_labels: Array,
   Raises:
     ValueError: for ill-shaped inputs, a negative margin or an anchor_offset
       that does not fit.
+
+  Examples:
+    On one device the batch is both the anchors and the candidates:
+
+    >>> import jax.numpy as jnp
+    >>> from centerloss_jax.losses import contrastive_loss_sums
+    >>> features = jnp.array([[0., 0.], [2., 0.], [0., 2.]])
+    >>> labels = jnp.array([0, 0, 1])
+    >>> sums = contrastive_loss_sums(features, labels, None, features, labels,
+    ...                              None, margin=3.0)
+    >>> print(float(sums['num_pairs']), float(sums['num_positive_pairs']))
+    6.0 2.0
   """
   terms, pair_weights, same = _weighted_pair_terms(
       anchor_features, anchor_labels, anchor_weights, candidate_features,
@@ -261,6 +273,18 @@ def contrastive_loss(features: Array, labels: Array,
 
   Returns:
     A float32 scalar (0 when there is no pair), or (batch,) for `'none'`.
+
+  Examples:
+    Two features at distance 2 cost `0.5 * 2^2` as the same identity and
+    `0.5 * (3 - 2)^2` as different ones, with margin 3:
+
+    >>> import jax.numpy as jnp
+    >>> from centerloss_jax.losses import contrastive_loss
+    >>> features = jnp.array([[0., 0.], [2., 0.]])
+    >>> print(contrastive_loss(features, jnp.array([0, 0]), margin=3.0))
+    2.0
+    >>> print(contrastive_loss(features, jnp.array([0, 1]), margin=3.0))
+    0.5
   """
   common.check_reduction(reduction)
   terms, pair_weights, _ = _weighted_pair_terms(

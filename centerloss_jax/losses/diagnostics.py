@@ -104,6 +104,20 @@ def center_diagnostics(features: Array, labels: Array, centers: Array,
   Returns:
     A dict of float32 values, keyed by `DIAGNOSTICS` (see the module
     docstring).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import centerloss_jax as cl
+    >>> features, labels = jnp.array([[3., 4.]]), jnp.array([0])
+    >>> centers = jnp.zeros((2, 2))
+    >>> new_centers = cl.update_centers(centers, features, labels, alpha=0.5)
+    >>> diagnostics = cl.center_diagnostics(features, labels, centers,
+    ...                                     new_centers)
+    >>> for name, value in diagnostics.items():
+    ...   print(name, float(value))
+    feature_center_distance 5.0
+    center_norm 1.25
+    center_movement 1.25
   """
   check_reduction(reduction)
   features, labels = jnp.asarray(features), jnp.asarray(labels)

@@ -57,7 +57,7 @@ def cosine_scores(features: Array, kernel: Array, *,
 
   What a normalised classifier feeds the margin losses: the L2-normalised
   features times the L2-normalised class weights (columns of the
-  (D, C) kernel), clipped to [-1, 1], since rounding can leave |cos| a few
+  (D, C) kernel), clipped to [-1, 1], since rounding can leave `|cos|` a few
   ulps above 1 and arccos is NaN there. Float32 whatever the inputs' dtype:
   cosines near 1 are where the angular margins act, and bfloat16's 8-bit
   mantissa would quantise the angle there coarsely (cos 0.5 degrees =
@@ -69,6 +69,19 @@ def cosine_scores(features: Array, kernel: Array, *,
     kernel: (D, C) class weights, one column per class.
     epsilon: norms below this are treated as `epsilon` (a zero feature gives
       cosines of 0, not NaN).
+
+  Returns:
+    The (batch, C) float32 cosines, in [-1, 1].
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from centerloss_jax.losses import margin
+    >>> features = jnp.array([[3., 4.], [0., 0.]])
+    >>> kernel = jnp.array([[2., 0., 1.], [0., 2., 0.]])
+    >>> scores = margin.cosine_scores(features, kernel)
+    >>> print(bool(jnp.allclose(scores, jnp.array([[0.6, 0.8, 0.6],
+    ...                                            [0., 0., 0.]]))))
+    True
   """
   unit_features = common.l2_normalize(features.astype(jnp.float32),
                                       epsilon=epsilon)
@@ -107,6 +120,13 @@ def cosface_logits(cosine: Array, labels: Array, *, scale: float = 64.0,
 
   Raises:
     ValueError: for ill-shaped inputs or a negative scale or margin.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from centerloss_jax.losses import cosface_logits
+    >>> cosine = jnp.array([[0.5, 0.25]])
+    >>> print(cosface_logits(cosine, jnp.array([0]), scale=4.0, margin=0.25))
+    [[1. 1.]]
   """
   softmax.check_class_scores(cosine, labels, 'cosine')
   _check_non_negative('scale', scale)
@@ -143,6 +163,15 @@ def arcface_logits(cosine: Array, labels: Array, *, scale: float = 64.0,
   Raises:
     ValueError: for ill-shaped inputs, a negative scale, or a margin outside
       `[0, pi)`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from centerloss_jax.losses import arcface_logits
+    >>> cosine = jnp.array([[0.6, 0.8]])  # sin(theta) = 0.8 at the label.
+    >>> logits = arcface_logits(cosine, jnp.array([0]), scale=1.0, margin=0.5)
+    >>> expected = 0.6 * jnp.cos(0.5) - 0.8 * jnp.sin(0.5)  # cos(theta + m)
+    >>> print(bool(jnp.allclose(logits, jnp.array([[expected, 0.8]]))))
+    True
   """
   softmax.check_class_scores(cosine, labels, 'cosine')
   _check_non_negative('scale', scale)
@@ -207,6 +236,14 @@ def sphereface_psi(cosine: Array, margin: int = 4) -> Array:
 
   Returns:
     `psi(theta)`, same shape.
+
+  Examples:
+    At theta = 0, pi / 3 and pi with m = 4:
+
+    >>> import jax.numpy as jnp
+    >>> from centerloss_jax.losses import sphereface_psi
+    >>> print(sphereface_psi(jnp.array([1.0, 0.5, -1.0]), margin=4))
+    [ 1.  -1.5 -7. ]
   """
   cos_m_theta = chebyshev_cos_multiple(cosine, margin)
   theta = jnp.arccos(jnp.clip(jax.lax.stop_gradient(cosine), -1.0, 1.0))
@@ -239,6 +276,17 @@ def sphereface_logits(cosine: Array, labels: Array, feature_norm: Array, *,
   Raises:
     ValueError: for ill-shaped inputs, a margin not in {1, 2, 3, 4} or a
       negative blend.
+
+  Examples:
+    Pure A-Softmax (`blend=0`): at the label, `cos(theta) = 0.5` becomes
+    `psi = -1.5`, scaled by the feature norm 2:
+
+    >>> import jax.numpy as jnp
+    >>> from centerloss_jax.losses import sphereface_logits
+    >>> cosine = jnp.array([[0.5, 0.5]])
+    >>> print(sphereface_logits(cosine, jnp.array([0]), jnp.array([2.0]),
+    ...                         margin=4, blend=0.0))
+    [[-3.  1.]]
   """
   softmax.check_class_scores(cosine, labels, 'cosine')
   batch = jnp.shape(cosine)[0]
@@ -286,6 +334,16 @@ def margin_logits(kind: str, cosine: Array, labels: Array,
 
   Raises:
     ValueError: for an unknown kind, or SphereFace without features.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from centerloss_jax import losses
+    >>> cosine, labels = jnp.array([[0.5, 0.25]]), jnp.array([0])
+    >>> logits = losses.margin_logits('cosface', cosine, labels, scale=4.0,
+    ...                               margin=0.25)
+    >>> print(bool(jnp.array_equal(logits, losses.cosface_logits(
+    ...     cosine, labels, scale=4.0, margin=0.25))))
+    True
   """
   if kind == 'sphereface':
     if features is None:

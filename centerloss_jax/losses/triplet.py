@@ -74,6 +74,16 @@ def batch_hard_triplet_loss_sums(anchor_features: Array, anchor_labels: Array,
   Raises:
     ValueError: for ill-shaped inputs, a missing or negative margin, or an
       anchor_offset that does not fit.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from centerloss_jax.losses import batch_hard_triplet_loss_sums
+    >>> features = jnp.array([[0., 0.], [1., 0.], [3., 0.], [4., 0.]])
+    >>> labels = jnp.array([0, 0, 1, 1])
+    >>> sums = batch_hard_triplet_loss_sums(
+    ...     features, labels, None, features, labels, None, margin=3.0)
+    >>> print(float(sums['loss']), float(sums['num_anchors']))
+    6.0 4.0
   """
   terms, weights = _weighted_anchor_terms(
       anchor_features, anchor_labels, anchor_weights, candidate_features,
@@ -151,6 +161,20 @@ def batch_hard_triplet_loss(features: Array, labels: Array,
   Returns:
     A float32 scalar (0 when no anchor has both a positive and a negative),
     or (batch,) for `'none'`.
+
+  Examples:
+    Points on a line, two identities: each anchor's hardest positive is 1
+    away, its hardest negative 3, 2, 2 and 3 away.
+
+    >>> import jax.numpy as jnp
+    >>> from centerloss_jax.losses import batch_hard_triplet_loss
+    >>> features = jnp.array([[0., 0.], [1., 0.], [3., 0.], [4., 0.]])
+    >>> labels = jnp.array([0, 0, 1, 1])
+    >>> print(batch_hard_triplet_loss(features, labels, margin=3.0,
+    ...                               reduction='none'))
+    [1. 2. 2. 1.]
+    >>> print(batch_hard_triplet_loss(features, labels, margin=3.0))
+    1.5
   """
   common.check_reduction(reduction)
   terms, anchor_weights = _weighted_anchor_terms(

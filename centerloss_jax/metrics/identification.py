@@ -108,6 +108,19 @@ def cmc(probe_features, probe_labels, distractor_features, *,
   Raises:
     ValueError: on bad shapes, max_rank < 1, or no identity with two or more
       probe images.
+
+  Examples:
+    Identity 0's two images are orthogonal, and the distractor outscores
+    each one's mate (rank 2); identity 1's images coincide (rank 1):
+
+    >>> import numpy as np
+    >>> from centerloss_jax.metrics import identification
+    >>> probes = np.array([[1., 0.], [0., 1.], [-1., 0.], [-1., 0.]])
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> distractors = np.array([[1., 1.]])
+    >>> result = identification.cmc(probes, labels, distractors, max_rank=2)
+    >>> print(result['rank1'], result['cmc'], result['num_pairs'])
+    0.5 [0.5 1. ] 4
   """
   probes = verification.as_features(probe_features, 'probe_features',
                                     dtype=np.float32)
@@ -161,6 +174,16 @@ def identification_report(probe_features, probe_labels, distractor_features,
 
   Raises:
     ValueError: as `cmc`.
+
+  Examples:
+    >>> import numpy as np
+    >>> from centerloss_jax.metrics import identification
+    >>> probes = np.array([[1., 0.], [0., 1.], [-1., 0.], [-1., 0.]])
+    >>> labels = np.array([0, 0, 1, 1])
+    >>> distractors = np.array([[1., 1.]])
+    >>> print(identification.identification_report(
+    ...     probes, labels, distractors, max_rank=5))
+    {'rank1': 0.5, 'rank5': 1.0, 'num_pairs': 4.0, 'num_distractors': 1.0}
   """
   return identification_report_and_cmc(
       probe_features, probe_labels, distractor_features, max_rank=max_rank,

@@ -40,6 +40,12 @@ def create_model(name: str, **kwargs):
 
   Raises:
     ValueError: for an unknown `name`.
+
+  Examples:
+    >>> from centerloss_jax import models
+    >>> model = models.create_model('lenet_pp', num_classes=10)
+    >>> print(type(model).__name__, model.feature_dim)
+    LeNetPlusPlus 2
   """
   _check_name(name)
   return _MODELS[name][0](**kwargs)

@@ -183,6 +183,20 @@ class FaceCNN(nn.Module):
       `(features, None)` (class-sharded training applies the kernel itself).
     classifier: `'linear'` (bias-free softmax classifier) or `'cosine'`
       (`heads.CosineClassifier`, for the margin losses).
+
+  Examples:
+    The paper's network's shapes, traced without computing anything
+    (`jax.eval_shape`); `init` and `apply` take the same arguments:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from centerloss_jax.models import FaceCNN
+    >>> model = FaceCNN(num_classes=10572)
+    >>> images = jnp.zeros((1, 112, 96, 3))
+    >>> (features, logits), variables = jax.eval_shape(
+    ...     model.init_with_output, jax.random.key(0), images)
+    >>> print(features.shape, logits.shape)
+    (1, 512) (1, 10572)
   """
   num_classes: int = 10572
   feature_dim: int = 512

@@ -89,6 +89,22 @@ class FaceResNet(nn.Module):
       `(features, None)` (class-sharded training applies the kernel itself).
     classifier: `'linear'` (bias-free softmax classifier) or `'cosine'`
       (`heads.CosineClassifier`, for the margin losses).
+
+  Examples:
+    The reference network's shapes, traced without computing anything
+    (`jax.eval_shape`); `init` and `apply` take the same arguments:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from centerloss_jax.models import FaceResNet
+    >>> model = FaceResNet(num_classes=10572)
+    >>> images = jnp.zeros((1, 112, 96, 3))
+    >>> (features, logits), variables = jax.eval_shape(
+    ...     model.init_with_output, jax.random.key(0), images)
+    >>> print(features.shape, logits.shape)
+    (1, 512) (1, 10572)
+    >>> print(variables['params']['fc5']['kernel'].shape)  # 5 x 4 x 512 in.
+    (10240, 512)
   """
   num_classes: int = 10572
   feature_dim: int = 512

@@ -52,6 +52,21 @@ class CosineClassifier(nn.Module):
     epsilon: norms below this are treated as `epsilon` (a zero feature gives
       cosines of 0, not NaN).
     kernel_init: initializer of the `(feature_dim, num_classes)` kernel.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from centerloss_jax.models import CosineClassifier
+    >>> head = CosineClassifier(num_classes=3)
+    >>> features = jnp.array([[3., 4.], [0., 0.]])
+    >>> variables = head.init(jax.random.key(0), features)
+    >>> print(variables['params']['kernel'].shape)
+    (2, 3)
+    >>> cosines = head.apply(variables, features)
+    >>> print(cosines.shape, bool(jnp.all(jnp.abs(cosines) <= 1)))
+    (2, 3) True
+    >>> print(bool(jnp.all(cosines[1] == 0)))  # A zero feature scores 0.
+    True
   """
   num_classes: int
   epsilon: float = losses.EPSILON

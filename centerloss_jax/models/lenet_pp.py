@@ -41,7 +41,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
   A reshape and a max rather than `nn.max_pool`: same forward values, and
   its gradient avoids XLA:CPU's slow select-and-scatter (the LeNet++ train
-  step ran 1.35-1.5x faster on a 2-core CPU with identical gradients). With
+  step is about 1.4x faster on a CPU, with identical gradients). With
   exact ties in a window the gradient is split between them instead of going
   to one, equally valid and vanishingly rare after PReLU.
   """
@@ -50,10 +50,9 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
   return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
-# The classifier's param scope: the name Flax gives the second Dense. Kept
-# (not renamed) so the replicated param tree, and old checkpoints, stay as
-# they are; class-sharded training moves this kernel out of the model (see
-# `use_classifier`).
+# The classifier's param scope: the name Flax gives the second Dense, which
+# the replicated param tree and its checkpoints use; class-sharded training
+# moves this kernel out of the model (see `use_classifier`).
 CLASSIFIER_SCOPE = 'Dense_1'
 
 
@@ -76,6 +75,19 @@ class LeNetPlusPlus(nn.Module):
     classifier: `'linear'` (the bias-free softmax classifier) or `'cosine'`
       (`heads.CosineClassifier`, whose cosines the margin losses turn into
       logits). Either keeps its kernel at `CLASSIFIER_SCOPE`/'kernel'.
+
+  Examples:
+    A narrow LeNet++ on a batch of two 28x28 gray images:
+
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from centerloss_jax.models import LeNetPlusPlus
+    >>> model = LeNetPlusPlus(num_classes=10, stage_channels=(4, 8, 8))
+    >>> images = jnp.zeros((2, 28, 28, 1))
+    >>> variables = model.init(jax.random.key(0), images)
+    >>> features, logits = model.apply(variables, images)
+    >>> print(features.shape, logits.shape)
+    (2, 2) (2, 10)
   """
   num_classes: int = 10
   feature_dim: int = 2

@@ -15,7 +15,8 @@ def atomic_write(path: str, mode: str = 'w') -> Iterator[IO]:
   opened normally (not with mkstemp), so the file gets the usual umask
   permissions. On any error it is removed and `path` keeps its old content.
 
-  Example:
+  Example::
+
     with atomic_write(os.path.join(workdir, 'results.json')) as f:
       json.dump(results, f)
 

@@ -81,6 +81,20 @@ class DataParallel:
 
     Returns:
       The DataParallel for `mode`.
+
+    Raises:
+      ValueError: an unknown `mode`, `devices` for pmap, or `class_shards`
+        that do not fit the mode or the device count.
+
+    Examples:
+      >>> import jax
+      >>> from centerloss_jax.training import DataParallel
+      >>> dp = DataParallel.create('jit')
+      >>> print(dp.num_replicas, dp.axis_name)
+      1 None
+      >>> dp = DataParallel.create('shard_map')  # Every device: one replica.
+      >>> print(dp.num_replicas == jax.device_count(), dp.axis_name)
+      True batch
     """
     if mode not in MODES:
       raise ValueError(

@@ -171,6 +171,26 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, *,
     With `config.class_shards > 1` the classifier's (feature_dim,
     num_classes) kernel is `params['classifier']['kernel']`, outside the
     model, so `DataParallel.put_state` can split it.
+
+  Examples:
+    The state of the default experiment's `runlocal` variant (a narrow
+    LeNet++ with 2-D features), from the repository root, where `configs/`
+    is importable. `jax.eval_shape` gives its shapes without computing it,
+    as the trainer does before it creates the state on the devices:
+
+    >>> import jax
+    >>> import optax
+    >>> from configs import default
+    >>> from centerloss_jax.training import state
+    >>> config = default.get_config('runlocal')
+    >>> def init():
+    ...   return state.create_train_state(
+    ...       config, jax.random.key(0), image_shape=(28, 28, 1),
+    ...       num_classes=10,
+    ...       learning_rate_fn=optax.constant_schedule(config.learning_rate))
+    >>> abstract_state = jax.eval_shape(init)  # init() computes the state.
+    >>> print(abstract_state.centers.shape, abstract_state.step.dtype)
+    (10, 2) int32
   """
   return _create_state(config, rng, image_shape=image_shape,
                        num_classes=num_classes,

@@ -206,6 +206,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     lifecycle.Preempted: stopped by a signal, after saving a checkpoint.
     NonFiniteLossError: the loss became NaN/inf; the last good checkpoint is
       kept and the message names the step.
+
+  Examples:
+    The default experiment's `runlocal` variant, a few seconds on a CPU,
+    from the repository root (where `configs/` is importable), with the
+    Fashion-MNIST IDX files in `data_dir`::
+
+      from configs import default
+      from centerloss_jax.training import train_and_evaluate
+
+      config = default.get_config('runlocal')
+      config.input.data_dir = '/usr/share/datasets/fashion-mnist'
+      metrics = train_and_evaluate(config, workdir='/tmp/centerloss_run')
+      print(metrics['accuracy'])
+
+    `python -m centerloss_jax.main --config=configs/default.py:runlocal
+    --workdir=/tmp/centerloss_run` does the same from the command line.
   """
   run_config.check_config(config)
   workdir = run_config.check_workdir(workdir)

@@ -146,7 +146,7 @@ def own_face_dataset_run(tmp_path_factory):
                       images_per_identity=1, seed=0, first_identity=3000)
   workdir = root / 'run'
   # 8 identities x 2 training images, batch 16: one step per epoch, so
-  # num_epochs (1) and num_train_steps (6) disagree, as in the issue.
+  # num_epochs (1) and num_train_steps (6) disagree; num_train_steps wins.
   _run_module(
       'centerloss_jax.main', '--config=configs/casia_webface_face_resnet.py',
       f'--workdir={workdir}',

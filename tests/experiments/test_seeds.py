@@ -117,6 +117,24 @@ def test_a_record_is_reused_unless_its_metrics_would_differ(tmp_path):
     seeds_lib.load_record(path, other)
 
 
+def test_a_report_from_records_alone_names_each_missing_record(tmp_path):
+  config = default.get_config()
+  present = seeds_lib.record_path(str(tmp_path), 'cell', 0)
+  os.makedirs(os.path.dirname(present))
+  with open(present, 'w') as f:
+    json.dump({'config': json.loads(config.to_json()), 'metrics': {'a': 1}}, f)
+  # Every record present: reported from the record, no run started (a run
+  # would make its workdir).
+  records = seeds_lib.run_cells({'cell': config}, [0], workdir='/nonexistent',
+                                records_dir=str(tmp_path), train=False)
+  assert records['cell'][0]['metrics'] == {'a': 1}
+  missing = seeds_lib.record_path(str(tmp_path), 'cell', 1)
+  with pytest.raises(FileNotFoundError, match=f'1 record.*{missing}'):
+    seeds_lib.run_cells({'cell': config}, [0, 1], workdir='/nonexistent',
+                        records_dir=str(tmp_path), train=False)
+  assert not os.path.exists('/nonexistent')
+
+
 def test_roc_on_a_grid_is_the_tar_at_each_far():
   rng = np.random.default_rng(0)
   is_same = np.arange(2000) < 1000
@@ -158,13 +176,15 @@ def test_a_run_keeps_its_measurable_roc_and_seeds_band_it(tmp_path):
 
 
 def test_a_record_tells_apart_cpus_of_one_name():
-  # Two "AMD EPYC" machines that round differently: only family and SIMD say so.
-  first = ('processor\t: 0\nmodel name\t: AMD EPYC\ncpu family\t: 23\n'
+  # Two machines of one CPU name that round differently: only the family
+  # and the SIMD extension say so.
+  first = ('processor\t: 0\nmodel name\t: Example CPU\ncpu family\t: 23\n'
            'model\t\t: 1\nflags\t\t: fpu sse4_2 avx avx2\n\n'
            'processor\t: 1\nmodel name\t: other\n')
-  later = 'model name\t: AMD EPYC\ncpu family\t: 26\nflags\t: avx2 avx512f\n'
+  later = ('model name\t: Example CPU\ncpu family\t: 26\n'
+           'flags\t: avx2 avx512f\n')
   assert seeds_lib.cpu_info(first) == {
-      'cpu': 'AMD EPYC', 'cpu_family': '23', 'cpu_model': '1',
+      'cpu': 'Example CPU', 'cpu_family': '23', 'cpu_model': '1',
       'cpu_simd': 'avx2'}
   assert seeds_lib.cpu_info(later)['cpu_simd'] == 'avx512f'
   assert seeds_lib.cpu_info('') == {

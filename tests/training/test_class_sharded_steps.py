@@ -335,7 +335,7 @@ def test_the_state_is_born_sharded_with_the_host_inits_values():
   config = _config(4)
   dp = parallel.DataParallel.create('shard_map', class_shards=4)
   born = dp.create_state(_init(config))
-  _assert_same_state(born, _init(config)())  # Today's init, on one device.
+  _assert_same_state(born, _init(config)())  # The host's init, one device.
   _assert_placed(born, dp)
   assert born.params['classifier']['kernel'].sharding.spec == P(
       None, 'classes')

@@ -22,10 +22,9 @@ Speed. Each identity's canvas is drawn once per `render` call
 (`drawing.draw_faces`). Every image is then one nearest-neighbour gather
 from that canvas (the warps of all images computed as one batched matrix
 product of separable terms) followed by a dozen elementwise operations on
-channel-planar chunks, in threads. Measured on this project's shared 2-core
-CPU (another job using most of it), single-threaded: 2,000 identities x 20
-images at 56x48 in 4.1-5.2 s (8,000-10,000 images/s), 1,600-1,800 images/s
-at 112x96.
+channel-planar chunks, in threads. Single-threaded, one CPU core renders
+about 8,000 images/s at 56x48 (2,000 identities x 20 images in about 5 s)
+and about 1,700 images/s at 112x96.
 
 Difficulty. Raw-pixel cosine similarity ((x - 127.5) / 128, 10-fold
 best-threshold verification on 3,000 + 3,000 pairs of 400 held-out
