@@ -10,11 +10,9 @@ share runs (one run is preempted, then refused, then resumed).
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import jax
@@ -30,6 +28,7 @@ from centerloss_jax import training
 from centerloss_jax.training import checkpointing
 from centerloss_jax.training import run_config
 
+SETPRIV = '/usr/bin/setpriv'
 TIMEOUT = 120  # Seconds any one process may take, hang or not.
 
 
@@ -199,41 +198,26 @@ def test_disk_full_while_running_exits_nonzero_within_seconds(
   assert seconds < 60
 
 
-def test_read_only_checkpoints_fail_in_seconds(tiny_idx_dir):
-  # Permissions bind only a non-root process: as root (CI), the run is
-  # started as `nobody`, in a folder of /tmp that user can enter (pytest's
-  # own temporary folders are private to root).
+def test_read_only_checkpoints_fail_in_seconds(tiny_idx_dir, tmp_path):
+  # Root ignores permission bits through its DAC capabilities: as root (CI),
+  # the run keeps its uid (it reads the checkout and its venv, wherever they
+  # are) but starts without those capabilities, so the bits bind it too.
   prefix = []
   if os.geteuid() == 0:
-    if not os.path.exists('/usr/bin/setpriv'):
-      pytest.skip('running as root without setpriv to drop privileges')
-    prefix = ['/usr/bin/setpriv', '--reuid=nobody', '--regid=nogroup',
-              '--clear-groups']
-    probe = subprocess.run(prefix + [sys.executable, '-c',
-                                     'import centerloss_jax.training'],
-                           cwd=repo_paths.REPO_ROOT, env=_env(),
-                           capture_output=True, timeout=TIMEOUT)
-    if probe.returncode:
-      pytest.skip('nobody cannot read this checkout or its Python')
-  base = tempfile.mkdtemp(prefix='centerloss_read_only_')
-  try:
-    os.chmod(base, 0o777)
-    data_dir = os.path.join(base, 'data')
-    shutil.copytree(tiny_idx_dir, data_dir)
-    os.chmod(data_dir, 0o755)
-    workdir = os.path.join(base, 'run')
-    os.makedirs(os.path.join(workdir, 'checkpoints'))
-    os.chmod(workdir, 0o777)
-    os.chmod(os.path.join(workdir, 'checkpoints'), 0o555)
-    env = dict(_env(), HOME=base, MPLCONFIGDIR=base,
-               PYTHONDONTWRITEBYTECODE='1')
-    start = time.monotonic()
-    result = subprocess.run(prefix + _command(data_dir, workdir),
-                            cwd=repo_paths.REPO_ROOT, env=env,
-                            capture_output=True, text=True, timeout=TIMEOUT)
-    seconds = time.monotonic() - start
-  finally:
-    shutil.rmtree(base, ignore_errors=True)
+    assert os.path.exists(SETPRIV), (
+        f'{SETPRIV} (util-linux) is needed to drop root\'s permission '
+        'override for this test')
+    dropped = '-dac_override,-dac_read_search,-fowner'
+    prefix = [SETPRIV, f'--bounding-set={dropped}', f'--inh-caps={dropped}']
+  workdir = tmp_path / 'run'
+  (workdir / 'checkpoints').mkdir(parents=True)
+  (workdir / 'checkpoints').chmod(0o555)
+  start = time.monotonic()
+  result = subprocess.run(prefix + _command(tiny_idx_dir, str(workdir)),
+                          cwd=repo_paths.REPO_ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=TIMEOUT)
+  seconds = time.monotonic() - start
+  (workdir / 'checkpoints').chmod(0o755)
   assert result.returncode == 1, result.stderr[-2000:]
   assert 'PermissionError: Cannot write into' in _last_line(result.stderr)
   assert seconds < 60
