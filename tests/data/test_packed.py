@@ -1,42 +1,28 @@
-"""Packed face records: the same images as the folders they were packed
-from, stale or corrupt packs refused, a failed pack named and resumable."""
+"""Tests of data.packed and data.packing (the reading and writing sides of
+packed face records, which share their trees and packs here): a pack holds
+the same images as the folders it was packed from, a stale or corrupt pack
+is refused, and the `centerloss_jax.pack` command names a failed image and
+resumes."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import types
 
 import numpy as np
-from PIL import Image
 import pytest
 
-from centerloss_jax.data import alignment
 from centerloss_jax.data import face_folders
 from centerloss_jax.data import packed
 from centerloss_jax.data import packing
+from face_trees import lfw_path
+from face_trees import write_landmarked_lfw_tree
+from face_trees import write_landmarked_tree
 import repo_paths
 
 SHAPE = (28, 24, 3)
-
-
-def _write_tree(root, *, identities=4, images_each=3):
-  """Random-pixel PNGs (each image identifies itself) and their landmarks:
-  the template scaled to a 40x34 source, so alignment really warps."""
-  rng = np.random.default_rng(0)
-  points = alignment.scale_template((40, 34)).reshape(-1)
-  lines = []
-  for identity in range(identities):
-    for number in range(images_each):
-      relative = f'id_{identity}/{number}.png'
-      path = os.path.join(root, relative)
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      Image.fromarray(rng.integers(0, 256, (40, 34, 3), dtype=np.uint8)).save(
-          path)
-      lines.append(relative + ' ' + ' '.join(f'{v:.3f}' for v in points))
-  landmarks = os.path.join(root, 'landmarks.txt')
-  with open(landmarks, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  return landmarks
 
 
 def _settings(root, landmarks):
@@ -49,62 +35,130 @@ def _load(root, landmarks, **kwargs):
       **_settings(root, landmarks), **kwargs)
 
 
-def test_packed_images_equal_the_decoded_and_aligned_folders(tmp_path):
-  root = tmp_path / 'tree'
-  landmarks = _write_tree(str(root))
-  manifest = packing.pack_identity_folders(
-      out_dir=str(tmp_path / 'pack'), images_per_shard=5,
-      **_settings(root, landmarks))
+def _pack(root, landmarks, pack_dir):
+  return packing.pack_identity_folders(out_dir=str(pack_dir),
+                                       images_per_shard=5,
+                                       **_settings(root, landmarks))
+
+
+def _touch(path):
+  """Moves `path`'s modification time a second on; returns the old one."""
+  mtime_ns = os.stat(path).st_mtime_ns
+  os.utime(path, ns=(0, mtime_ns + 10**9))
+  return mtime_ns
+
+
+# ---------------------------------------------------------------------------
+# A pack made in this process: the folders' images.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def packed_tree(tmp_path_factory):
+  """(root, landmarks, pack_dir, manifest) of 4 identities of 3 images in
+  shards of 5."""
+  directory = tmp_path_factory.mktemp('packed_tree')
+  root = directory / 'tree'
+  landmarks = write_landmarked_tree(str(root))
+  manifest = _pack(root, landmarks, directory / 'pack')
+  return root, landmarks, str(directory / 'pack'), manifest
+
+
+@pytest.fixture(scope='module')
+def folders_and_pack(packed_tree):
+  """The dataset read from the folders, and from the pack."""
+  root, landmarks, pack_dir, _ = packed_tree
+  return _load(root, landmarks), _load(root, landmarks, packed_dir=pack_dir)
+
+
+def test_pack_manifest_counts_the_images_and_shards(packed_tree):
+  manifest = packed_tree[3]
   assert manifest['num_images'] == 12 and len(manifest['shards']) == 3
-  assert manifest['identities'] == ['id_0', 'id_1', 'id_2', 'id_3']
-  folders = _load(root, landmarks)
-  from_pack = _load(root, landmarks, packed_dir=str(tmp_path / 'pack'))
+
+
+def test_pack_manifest_lists_the_identities(packed_tree):
+  assert packed_tree[3]['identities'] == ['id_0', 'id_1', 'id_2', 'id_3']
+
+
+def test_a_packed_dataset_reads_packed_images(folders_and_pack):
+  _, from_pack = folders_and_pack
   assert isinstance(from_pack.train.images, packed.PackedImages)
+
+
+def test_a_packed_dataset_has_the_folders_class_names(folders_and_pack):
+  folders, from_pack = folders_and_pack
   assert from_pack.class_names == folders.class_names
-  for split in ('train', 'test'):
-    np.testing.assert_array_equal(getattr(from_pack, split).labels,
-                                  getattr(folders, split).labels)
-    np.testing.assert_array_equal(np.asarray(getattr(from_pack, split).images),
-                                  np.asarray(getattr(folders, split).images))
-  # A gather across shards, in any order, as a batch reads it.
+
+
+@pytest.mark.parametrize('split', ['train', 'test'])
+def test_packed_labels_equal_the_folders(folders_and_pack, split):
+  folders, from_pack = folders_and_pack
+  np.testing.assert_array_equal(getattr(from_pack, split).labels,
+                                getattr(folders, split).labels)
+
+
+@pytest.mark.parametrize('split', ['train', 'test'])
+def test_packed_images_equal_the_decoded_and_aligned_folders(
+    folders_and_pack, split):
+  folders, from_pack = folders_and_pack
+  np.testing.assert_array_equal(np.asarray(getattr(from_pack, split).images),
+                                np.asarray(getattr(folders, split).images))
+
+
+def test_a_gather_across_shards_equals_the_folders(folders_and_pack):
+  # In any order, as a batch reads it.
+  folders, from_pack = folders_and_pack
   indices = np.array([7, 0, 5, 3])
   np.testing.assert_array_equal(from_pack.train.images[indices],
                                 folders.train.images[indices])
-  # Without the tree (a copy of the pack elsewhere): read, unchecked.
+
+
+def test_a_pack_without_its_tree_is_read_unchecked(packed_tree):
+  # A copy of the pack elsewhere.
   alone = face_folders.load_identity_folders(
-      packed_dir=str(tmp_path / 'pack'), num_classes=4, image_shape=SHAPE)
+      packed_dir=packed_tree[2], num_classes=4, image_shape=SHAPE)
   assert alone.train.num_examples == 8
 
 
-def test_a_relative_train_dir_finds_its_landmarks(tmp_path, monkeypatch):
-  landmarks = _write_tree(str(tmp_path / 'tree'))
-  absolute = _load(tmp_path / 'tree', landmarks)
-  monkeypatch.chdir(tmp_path)
-  relative = _load('tree', os.path.join('tree', 'landmarks.txt'))
-  np.testing.assert_array_equal(np.asarray(relative.train.images),
-                                np.asarray(absolute.train.images))
+# ---------------------------------------------------------------------------
+# Stale or corrupt packs.
+# ---------------------------------------------------------------------------
 
 
-def test_stale_or_corrupt_packs_are_refused(tmp_path):
+@pytest.fixture
+def fresh_pack(tmp_path):
+  """(root, landmarks, pack_dir) of a tree and its pack, for a test to spoil."""
   root = tmp_path / 'tree'
-  landmarks = _write_tree(str(root))
-  pack_dir = str(tmp_path / 'pack')
-  packing.pack_identity_folders(out_dir=pack_dir, images_per_shard=5,
-                                     **_settings(root, landmarks))
+  landmarks = write_landmarked_tree(str(root))
+  _pack(root, landmarks, tmp_path / 'pack')
+  return root, landmarks, str(tmp_path / 'pack')
+
+
+def test_a_pack_of_another_image_shape_is_refused(fresh_pack):
+  root, landmarks, pack_dir = fresh_pack
   with pytest.raises(packed.StalePackError, match=r'shape \(28, 24, 3\).*'
                      r'expects \(56, 48, 3\)'):
     face_folders.load_identity_folders(
         **dict(_settings(root, landmarks), image_shape=(56, 48, 3)),
         num_classes=4, packed_dir=pack_dir)
-  # A file of the tree changed since packing.
-  changed = root / 'id_2' / '1.png'
-  os.utime(changed, ns=(0, os.stat(changed).st_mtime_ns + 10**9))
+
+
+def test_a_pack_of_a_since_changed_tree_is_refused(fresh_pack):
+  root, landmarks, pack_dir = fresh_pack
+  _touch(root / 'id_2' / '1.png')
   with pytest.raises(packed.StalePackError, match='another state of'):
     _load(root, landmarks, packed_dir=pack_dir)
-  # Repacking refreshes it; then a flipped byte in a shard is caught.
-  packing.pack_identity_folders(out_dir=pack_dir, images_per_shard=5,
-                                     **_settings(root, landmarks))
+
+
+def test_repacking_refreshes_a_stale_pack(fresh_pack):
+  root, landmarks, pack_dir = fresh_pack
+  _touch(root / 'id_2' / '1.png')
+  _pack(root, landmarks, pack_dir)
   _load(root, landmarks, packed_dir=pack_dir)
+
+
+def test_a_flipped_byte_in_a_shard_is_refused_naming_the_shard(fresh_pack):
+  root, landmarks, pack_dir = fresh_pack
   shard = os.path.join(pack_dir, 'images-00001.u8')
   with open(shard, 'r+b') as f:
     f.seek(100)
@@ -115,99 +169,145 @@ def test_stale_or_corrupt_packs_are_refused(tmp_path):
     _load(root, landmarks, packed_dir=pack_dir)
 
 
-def test_a_corrupt_image_is_named_packs_nothing_half_way_and_resumes(
-    tmp_path):
-  root = tmp_path / 'tree'
-  landmarks = _write_tree(str(root))
-  bad = root / 'id_2' / '0.png'  # Image 6 of 12: in the second shard.
-  good_bytes = bad.read_bytes()
-  bad.write_bytes(b'not a png')
-  pack_dir = tmp_path / 'pack'
+# ---------------------------------------------------------------------------
+# The pack command: a corrupt image fails the run, a rerun resumes and packs
+# the LFW pairs too. Two subprocess runs serve every test below.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope='module')
+def pack_runs(tmp_path_factory):
+  """Runs the pack command on a tree with a corrupt image (image 6 of 12, in
+  the second shard) and LFW pairs, then again once the image is fixed."""
+  runs = types.SimpleNamespace()
+  directory = tmp_path_factory.mktemp('pack_command')
+  runs.root = directory / 'tree'
+  runs.landmarks = write_landmarked_tree(str(runs.root))
+  runs.lfw = directory / 'lfw'
+  lfw_landmarks, pairs_file = write_landmarked_lfw_tree(str(runs.lfw))
+  runs.pairs_config = dict(pairs_dir=str(runs.lfw), pairs_file=pairs_file,
+                           pairs_landmarks=lfw_landmarks)
+  runs.pack_dir = directory / 'pack'
+  runs.bad = runs.root / 'id_2' / '0.png'
+  good_bytes = runs.bad.read_bytes()
+  runs.bad.write_bytes(b'not a png')
   command = [sys.executable, '-m', 'centerloss_jax.pack',
              '--config=configs/casia_webface_face_resnet.py',
-             f'--config.input.train_dir={root}',
-             f'--config.input.landmarks={landmarks}',
+             f'--config.input.train_dir={runs.root}',
+             f'--config.input.landmarks={runs.landmarks}',
              f'--config.input.image_shape={SHAPE}',
-             f'--out_dir={pack_dir}', '--images_per_shard=5']
-  result = subprocess.run(command, cwd=repo_paths.REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)
-  assert result.returncode == 1
-  assert str(bad) in result.stderr.strip().splitlines()[-1]
+             f'--out_dir={runs.pack_dir}', '--images_per_shard=5',
+             *(f'--config.input.{key}={value}'
+               for key, value in runs.pairs_config.items())]
+  runs.failed = subprocess.run(command, cwd=repo_paths.REPO_ROOT,
+                               capture_output=True, text=True, timeout=120)
+  runs.failed_listing = sorted(os.listdir(runs.pack_dir))
+  runs.unfinished_pack = directory / 'unfinished_pack'
+  shutil.copytree(runs.pack_dir, runs.unfinished_pack)
+  runs.first_shard_time = os.stat(
+      runs.pack_dir / 'images-00000.u8').st_mtime_ns
+  runs.bad.write_bytes(good_bytes)
+  runs.resumed = subprocess.run(command, cwd=repo_paths.REPO_ROOT,
+                                capture_output=True, text=True, timeout=120)
+  return runs
+
+
+@pytest.mark.slow
+def test_pack_command_fails_on_a_corrupt_image(pack_runs):
+  assert pack_runs.failed.returncode == 1
+
+
+@pytest.mark.slow
+def test_pack_command_error_names_the_corrupt_image(pack_runs):
+  assert str(pack_runs.bad) in (
+      pack_runs.failed.stderr.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_failed_pack_keeps_only_its_finished_shards(pack_runs):
   # The first shard is finished and recorded; nothing else is there.
-  assert sorted(os.listdir(pack_dir)) == ['images-00000.u8', 'progress.json']
-  first_shard_time = os.stat(pack_dir / 'images-00000.u8').st_mtime_ns
+  assert pack_runs.failed_listing == ['images-00000.u8', 'progress.json']
+
+
+@pytest.mark.slow
+def test_an_unfinished_pack_is_refused(pack_runs):
   with pytest.raises(FileNotFoundError, match='packing did not finish'):
-    _load(root, landmarks, packed_dir=str(pack_dir))
+    _load(pack_runs.root, pack_runs.landmarks,
+          packed_dir=str(pack_runs.unfinished_pack))
 
-  # Fixed, the rerun keeps the finished shard (its files did not change)
-  # and packs the rest.
-  bad.write_bytes(good_bytes)
-  result = subprocess.run(command, cwd=repo_paths.REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert 'Packed 12 images of 4 identities' in result.stdout
-  assert os.stat(pack_dir / 'images-00000.u8').st_mtime_ns == first_shard_time
-  with open(pack_dir / 'manifest.json') as f:
+
+@pytest.mark.slow
+def test_pack_command_rerun_packs_the_fixed_tree(pack_runs):
+  assert pack_runs.resumed.returncode == 0, pack_runs.resumed.stderr[-2000:]
+  assert 'Packed 12 images of 4 identities' in pack_runs.resumed.stdout
+
+
+@pytest.mark.slow
+def test_pack_command_rerun_keeps_the_finished_shard(pack_runs):
+  # Its files did not change.
+  assert os.stat(pack_runs.pack_dir / 'images-00000.u8').st_mtime_ns == (
+      pack_runs.first_shard_time)
+
+
+@pytest.mark.slow
+def test_pack_command_rerun_packs_the_remaining_shards(pack_runs):
+  with open(pack_runs.pack_dir / 'manifest.json') as f:
     assert len(json.load(f)['shards']) == 3
+
+
+@pytest.mark.slow
+def test_a_resumed_pack_holds_the_folders_images(pack_runs):
   np.testing.assert_array_equal(
-      np.asarray(_load(root, landmarks, packed_dir=str(pack_dir)).train.images),
-      np.asarray(_load(root, landmarks).train.images))
+      np.asarray(_load(pack_runs.root, pack_runs.landmarks,
+                       packed_dir=str(pack_runs.pack_dir)).train.images),
+      np.asarray(_load(pack_runs.root, pack_runs.landmarks).train.images))
 
 
-def _write_lfw(root):
-  """LFW's layout (`<name>/<name>_<NNNN>.png`), random pixels, landmarks and
-  a pairs file of 2 folds."""
-  rng = np.random.default_rng(1)
-  points = alignment.scale_template((40, 34)).reshape(-1)
-  lines = []
-  for name, number in (('Ann', 1), ('Ann', 2), ('Ben', 1), ('Ben', 2),
-                       ('Cy', 1)):
-    relative = f'{name}/{name}_{number:04d}.png'
-    os.makedirs(os.path.join(root, name), exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, (40, 34, 3), dtype=np.uint8)).save(
-        os.path.join(root, relative))
-    lines.append(relative + ' ' + ' '.join(f'{v:.3f}' for v in points))
-  landmarks = os.path.join(root, 'landmarks.txt')
-  with open(landmarks, 'w') as f:
-    f.write('\n'.join(lines) + '\n')
-  pairs = os.path.join(root, 'pairs.txt')
-  with open(pairs, 'w') as f:
-    f.write('2 1\nAnn 1 2\nAnn 1 Ben 1\nBen 1 2\nBen 2 Cy 1\n')
-  return landmarks, pairs
+@pytest.mark.slow
+def test_pack_command_packs_the_lfw_pair_images(pack_runs):
+  assert pack_runs.resumed.returncode == 0, pack_runs.resumed.stderr[-2000:]
+  assert 'Packed the 5 lfw pair images' in pack_runs.resumed.stdout
 
 
-def test_the_pack_command_packs_the_lfw_pairs_the_trainer_then_reads(
-    tmp_path):
-  root = tmp_path / 'tree'
-  landmarks = _write_tree(str(root))
-  lfw = tmp_path / 'lfw'
-  lfw_landmarks, pairs_file = _write_lfw(str(lfw))
-  pack_dir = tmp_path / 'pack'
-  pairs_config = dict(pairs_dir=str(lfw), pairs_file=pairs_file,
-                      pairs_landmarks=lfw_landmarks)
-  result = subprocess.run(
-      [sys.executable, '-m', 'centerloss_jax.pack',
-       '--config=configs/casia_webface_face_resnet.py',
-       f'--config.input.train_dir={root}',
-       f'--config.input.landmarks={landmarks}',
-       f'--config.input.image_shape={SHAPE}', f'--out_dir={pack_dir}',
-       *(f'--config.input.{key}={value}'
-         for key, value in pairs_config.items())],
-      cwd=repo_paths.REPO_ROOT, capture_output=True, text=True, timeout=120)
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert 'Packed the 5 lfw pair images' in result.stdout
-  folders = _load(root, landmarks, **pairs_config).verification
-  from_pack = _load(root, landmarks, packed_dir=str(pack_dir),
-                    **pairs_config).verification
+@pytest.fixture(scope='module')
+def lfw_folders_and_pack(pack_runs):
+  """The verification set read from the LFW folders, and from the pack."""
+  def verification(**kwargs):
+    return _load(pack_runs.root, pack_runs.landmarks,
+                 **pack_runs.pairs_config, **kwargs).verification
+  return verification(), verification(packed_dir=str(pack_runs.pack_dir))
+
+
+@pytest.mark.slow
+def test_the_trainer_reads_the_lfw_pairs_from_the_pack(lfw_folders_and_pack):
+  _, from_pack = lfw_folders_and_pack
   assert isinstance(from_pack.images, packed.PackedImages)
+
+
+@pytest.mark.slow
+def test_packed_lfw_pair_images_equal_the_folders(lfw_folders_and_pack):
+  folders, from_pack = lfw_folders_and_pack
   np.testing.assert_array_equal(np.asarray(from_pack.images),
                                 np.asarray(folders.images))
-  for field in ('left', 'right', 'is_same', 'fold'):
-    np.testing.assert_array_equal(getattr(from_pack, field),
-                                  getattr(folders, field))
-  # An LFW image changed since packing: that pack is refused, not used.
-  changed = lfw / 'Ben' / 'Ben_0002.png'
-  os.utime(changed, ns=(0, os.stat(changed).st_mtime_ns + 10**9))
-  with pytest.raises(packed.StalePackError, match='pairs_lfw.*another state '
-                     f'of {lfw}'):
-    _load(root, landmarks, packed_dir=str(pack_dir), **pairs_config)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('field', ['left', 'right', 'is_same', 'fold'])
+def test_packed_lfw_pairs_equal_the_folders_pairs(lfw_folders_and_pack,
+                                                  field):
+  folders, from_pack = lfw_folders_and_pack
+  np.testing.assert_array_equal(getattr(from_pack, field),
+                                getattr(folders, field))
+
+
+@pytest.mark.slow
+def test_a_pack_of_a_since_changed_lfw_image_is_refused(pack_runs):
+  changed = lfw_path(str(pack_runs.lfw), 'Bob', 2)
+  mtime_ns = _touch(changed)
+  try:
+    with pytest.raises(packed.StalePackError, match='pairs_lfw.*another '
+                       f'state of {pack_runs.lfw}'):
+      _load(pack_runs.root, pack_runs.landmarks,
+            packed_dir=str(pack_runs.pack_dir), **pack_runs.pairs_config)
+  finally:
+    os.utime(changed, ns=(0, mtime_ns))

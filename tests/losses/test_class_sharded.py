@@ -1,12 +1,14 @@
-"""Class-sharded center loss and classifier equal the replicated computation.
+"""Tests for centerloss_jax.losses.class_sharded: the losses with the classes
+split over devices equal the replicated computation.
 
-Mesh: the 8 fake CPU devices of conftest.py as ('batch', 'classes') = (2, 4).
+Mesh: the 8 fake CPU devices of conftest.py as ('batch', 'classes') = (2, 4)
+(the reductions: 2 class shards alone).
 The global batch of 16 is split over 'batch' (8 rows each) and replicated
 over 'classes'; the 12 classes are split over 'classes' (3 each), classes
 [3k, 3k + 3) on class shard k.
 
 Every reference is the replicated computation on full arrays under jax.jit on
-one device: `center.center_distances` / `center.update_centers` with the full
+one device: `center.center_loss` / `center.update_centers` with the full
 centers, `optax.softmax_cross_entropy_with_integer_labels` and `jnp.argmax`
 with the full logits. Values that every class shard computes redundantly are
 returned from each shard (an extra leading 'classes' axis) and each copy is
@@ -60,6 +62,14 @@ def _run(fn, mesh, in_specs, out_specs, *args):
   return jax.tree.map(np.asarray, jax.jit(mapped)(*placed))
 
 
+def assert_each_copy_close(copies, expected, what, **tolerance):
+  """Each copy along the leading axis within `tolerance` (default `_TOL`)
+  of `expected`; a failure names `what` and the copy's index."""
+  for index, copy in enumerate(copies):
+    np.testing.assert_allclose(copy, expected, **(tolerance or _TOL),
+                               err_msg=f'{what} {index}')
+
+
 def _per_class_shard(x):
   """Adds a leading axis, so out_specs P('classes', ...) keeps every copy."""
   return x[None]
@@ -92,6 +102,8 @@ def global_batch(seed=0):
 # Center loss and Eq. 4.
 # ---------------------------------------------------------------------------
 
+BATCH_SPECS = [P('batch'), P('batch'), P('batch'), P('classes')]
+
 
 def test_class_shard_offset_is_axis_index_times_local_classes(mesh):
   def fn(x):
@@ -101,25 +113,26 @@ def test_class_shard_offset_is_axis_index_times_local_classes(mesh):
   np.testing.assert_array_equal(out, [0, 3, 6, 9])
 
 
-def test_center_distances_equal_replicated_on_every_model_shard(mesh):
+def test_center_distances_equal_replicated_on_every_class_shard(mesh):
   features, labels, weights, centers = global_batch()
 
   def fn(x, y, w, c):
     return _per_class_shard(class_sharded.class_sharded_center_loss(
         x, y, c, w, class_axis='classes', reduction='none'))
 
-  out = _run(fn, mesh, [P('batch'), P('batch'), P('batch'), P('classes')],
-             P('classes', 'batch'), features, labels, weights, centers)
-  expected = np.asarray(jax.jit(functools.partial(loss_lib.center_loss, reduction='none'))(
-      features, labels, centers, weights))
+  out = _run(fn, mesh, BATCH_SPECS, P('classes', 'batch'), features, labels,
+             weights, centers)
+  expected = np.asarray(jax.jit(functools.partial(
+      loss_lib.center_loss, reduction='none'))(
+          features, labels, centers, weights))
   assert expected[LONE_ROWS][0] > 0 and expected[0] == expected[14] == 0
-  for shard, copy in enumerate(out):
-    np.testing.assert_allclose(
-        copy, expected, **_TOL,
-        err_msg=f'center distances on class shard {shard}')
+  assert_each_copy_close(out, expected, 'center distances on class shard')
 
 
-def test_center_distances_gradient_is_eq3_on_every_model_shard(mesh):
+@pytest.fixture(scope='module')
+def center_distance_gradients(mesh):
+  """The sharded gradients to the features (every class shard's copy) and
+  to the centers shards, and the replicated feature gradient."""
   features, labels, weights, centers = global_batch()
 
   def fn(x, y, w, c):
@@ -129,21 +142,36 @@ def test_center_distances_gradient_is_eq3_on_every_model_shard(mesh):
     grad_x, grad_c = jax.grad(total, argnums=(0, 1))(x, c)
     return _per_class_shard(grad_x), grad_c
 
-  grad_x, grad_c = _run(
-      fn, mesh, [P('batch'), P('batch'), P('batch'), P('classes')],
-      (P('classes', 'batch'), P('classes')), features, labels, weights, centers)
+  grad_x, grad_c = _run(fn, mesh, BATCH_SPECS,
+                        (P('classes', 'batch'), P('classes')),
+                        features, labels, weights, centers)
   expected = np.asarray(jax.jit(jax.grad(
-      lambda x: jnp.sum(loss_lib.center_loss(x, labels, centers,
-                                                  weights, reduction='none'))))(features))
+      lambda x: jnp.sum(loss_lib.center_loss(
+          x, labels, centers, weights, reduction='none'))))(features))
+  return dict(grad_x=grad_x, grad_c=grad_c, expected=expected,
+              batch=(features, labels, weights, centers))
+
+
+def test_replicated_feature_gradient_is_eq3(center_distance_gradients):
   # Eq. 3: w_i (x_i - c_{y_i}); rows 0 and 14 (invalid) and 4 (padding): 0.
+  features, labels, weights, centers = center_distance_gradients['batch']
   np.testing.assert_allclose(
-      expected[1], weights[1] * (features[1] - centers[labels[1]]), **_TOL)
-  for shard, copy in enumerate(grad_x):
-    np.testing.assert_allclose(
-        copy, expected, **_TOL,
-        err_msg=f'feature gradient on class shard {shard} (the owner of a '
-        'center and the other shards must all get the full gradient)')
-  np.testing.assert_array_equal(grad_c, 0.0)
+      center_distance_gradients['expected'][1],
+      weights[1] * (features[1] - centers[labels[1]]), **_TOL)
+
+
+def test_center_distance_feature_gradient_equals_replicated_on_every_shard(
+    center_distance_gradients):
+  # The owner of a center and the other shards must all get the full
+  # gradient.
+  assert_each_copy_close(center_distance_gradients['grad_x'],
+                         center_distance_gradients['expected'],
+                         'feature gradient on class shard')
+
+
+def test_center_distances_pass_no_gradient_to_the_centers(
+    center_distance_gradients):
+  np.testing.assert_array_equal(center_distance_gradients['grad_c'], 0.0)
 
 
 def _sharded_update(x, y, w, c, *, batch_axis):
@@ -152,32 +180,45 @@ def _sharded_update(x, y, w, c, *, batch_axis):
       batch_axis=batch_axis))[None]
 
 
-def test_update_centers_equals_replicated_update_on_the_global_batch(mesh):
+def _sharded_update_on_every_replica(mesh, batch_axis):
+  """(batch replica, NUM_CLASSES, DIM): each replica's updated centers."""
+  out = _run(functools.partial(_sharded_update, batch_axis=batch_axis), mesh,
+             BATCH_SPECS, P('batch', 'classes'), *global_batch())
+  return out.reshape(BATCH_SHARDS, NUM_CLASSES, DIM)
+
+
+@pytest.fixture(scope='module')
+def sharded_update(mesh):
+  """(every batch replica's updated centers, the replicated update)."""
   features, labels, weights, centers = global_batch()
   expected = np.asarray(jax.jit(functools.partial(
       loss_lib.update_centers, alpha=ALPHA))(
           centers, features, labels, weights=weights))
   assert not np.allclose(expected[LONE_CLASS], centers[LONE_CLASS])
+  return _sharded_update_on_every_replica(mesh, 'batch'), expected
 
-  specs = [P('batch'), P('batch'), P('batch'), P('classes')]
-  # (batch replica, class shard, local class, dim): every copy of each shard.
-  out = _run(functools.partial(_sharded_update, batch_axis='batch'), mesh,
-             specs, P('batch', 'classes'), features, labels, weights, centers)
-  for replica, copy in enumerate(out):
-    np.testing.assert_allclose(
-        copy.reshape(NUM_CLASSES, DIM), expected, **_TOL,
-        err_msg=f'updated centers on batch replica {replica}')
-    np.testing.assert_array_equal(copy.reshape(NUM_CLASSES, DIM)[ABSENT_CLASS],
-                                  centers[ABSENT_CLASS])
 
+def test_update_centers_equals_replicated_update_on_every_batch_replica(
+    sharded_update):
+  replicas, expected = sharded_update
+  assert_each_copy_close(replicas, expected,
+                         'updated centers on batch replica')
+
+
+def test_update_centers_leaves_the_absent_class_on_every_replica(
+    sharded_update):
+  replicas, _ = sharded_update
+  centers = global_batch()[3]
+  for copy in replicas:
+    np.testing.assert_array_equal(copy[ABSENT_CLASS], centers[ABSENT_CLASS])
+
+
+def test_update_without_the_batch_axis_misses_other_replicas_classes(mesh):
   # The set-up detects per-replica updates: without the batch axis, batch
   # replica 0 never sees the lone class.
-  per_replica = _run(functools.partial(_sharded_update, batch_axis=None),
-                     mesh, specs, P('batch', 'classes'), features, labels,
-                     weights, centers)
-  np.testing.assert_array_equal(
-      per_replica[0].reshape(NUM_CLASSES, DIM)[LONE_CLASS],
-      centers[LONE_CLASS])
+  per_replica = _sharded_update_on_every_replica(mesh, None)
+  np.testing.assert_array_equal(per_replica[0][LONE_CLASS],
+                                global_batch()[3][LONE_CLASS])
 
 
 # ---------------------------------------------------------------------------
@@ -200,15 +241,18 @@ def _reference_ce(logits, labels):
   return jnp.where(valid, ce, 0.0)
 
 
-def test_cross_entropy_and_its_logit_gradient_equal_optax_on_full_logits(mesh):
+@pytest.fixture(scope='module')
+def sharded_cross_entropy(mesh):
+  """The sharded CE (every class shard's copy) and its gradient to the
+  logits shards, and the same from optax on the full logits."""
   features, labels, weights, kernel = _classifier_inputs()
   logits = 3.0 * features @ kernel
   logits[5, 4] = 40.0                      # A maximum far from shard 0.
 
   def fn(logits_shard, y, w):
     def total(logits_shard):
-      ce = class_sharded.class_sharded_softmax_cross_entropy_loss(logits_shard, y,
-                                                 class_axis='classes', reduction='none')
+      ce = class_sharded.class_sharded_softmax_cross_entropy_loss(
+          logits_shard, y, class_axis='classes', reduction='none')
       return jnp.sum(w * ce), ce
     grad, ce = jax.grad(total, has_aux=True)(logits_shard)
     return _per_class_shard(ce), grad
@@ -220,24 +264,36 @@ def test_cross_entropy_and_its_logit_gradient_equal_optax_on_full_logits(mesh):
   expected_grad = np.asarray(jax.jit(jax.grad(
       lambda z: jnp.sum(weights * _reference_ce(z, labels))))(logits))
   assert expected_ce[0] == expected_ce[14] == 0.0
-  for shard, copy in enumerate(ce):
-    np.testing.assert_allclose(copy, expected_ce, **_TOL,
-                               err_msg=f'cross-entropy on class shard {shard}')
+  return ce, grad, expected_ce, expected_grad
+
+
+def test_cross_entropy_equals_optax_on_every_class_shard(
+    sharded_cross_entropy):
+  ce, _, expected_ce, _ = sharded_cross_entropy
+  assert_each_copy_close(ce, expected_ce, 'cross-entropy on class shard')
+
+
+def test_cross_entropy_logit_gradient_equals_optax(sharded_cross_entropy):
+  _, grad, _, expected_grad = sharded_cross_entropy
   np.testing.assert_allclose(grad, expected_grad, **_TOL,
                              err_msg='gradient to the logits shards')
 
 
-def test_cross_entropy_gradients_to_features_and_kernel_equal_optax(mesh):
+@pytest.fixture(scope='module')
+def classifier_gradients(mesh):
+  """The sharded CE's gradients to the features (every class shard's copy)
+  and to the kernel (every batch replica's copy), and optax's."""
   features, labels, weights, kernel = _classifier_inputs()
 
   def fn(x, y, w, k):
     all_y, all_w = (jax.lax.all_gather(v, 'batch', tiled=True) for v in (y, w))
 
     def total(x, k):
-      logits = class_sharded.class_sharded_logits(x, k, class_axis='classes',
-                                      batch_axis='batch')
-      return jnp.sum(all_w * class_sharded.class_sharded_softmax_cross_entropy_loss(
-          logits, all_y, class_axis='classes', reduction='none'))
+      logits = class_sharded.class_sharded_logits(
+          x, k, class_axis='classes', batch_axis='batch')
+      ce = class_sharded.class_sharded_softmax_cross_entropy_loss(
+          logits, all_y, class_axis='classes', reduction='none')
+      return jnp.sum(all_w * ce)
     grad_x, grad_k = jax.grad(total, argnums=(0, 1))(x, k)
     return _per_class_shard(grad_x), grad_k[None]
 
@@ -248,13 +304,20 @@ def test_cross_entropy_gradients_to_features_and_kernel_equal_optax(mesh):
   expected_x, expected_k = (np.asarray(g) for g in jax.jit(jax.grad(
       lambda x, k: jnp.sum(weights * _reference_ce(x @ k, labels)),
       argnums=(0, 1)))(features, kernel))
-  for shard, copy in enumerate(grad_x):
-    np.testing.assert_allclose(copy, expected_x, **_TOL,
-                               err_msg=f'feature gradient, class shard {shard}')
+  return grad_x, grad_k, expected_x, expected_k
+
+
+def test_cross_entropy_feature_gradient_equals_optax_on_every_class_shard(
+    classifier_gradients):
+  grad_x, _, expected_x, _ = classifier_gradients
+  assert_each_copy_close(grad_x, expected_x, 'feature gradient, class shard')
+
+
+def test_cross_entropy_kernel_gradient_is_complete_on_every_replica(
+    classifier_gradients):
   # The kernel's gradient is complete on each batch replica, unreduced.
-  for replica, copy in enumerate(grad_k):
-    np.testing.assert_allclose(copy, expected_k, **_TOL,
-                               err_msg=f'kernel gradient, replica {replica}')
+  _, grad_k, _, expected_k = classifier_gradients
+  assert_each_copy_close(grad_k, expected_k, 'kernel gradient, replica')
 
 
 _MARGINS = {'cosface': {'scale': 16.0, 'margin': 0.35},
@@ -271,9 +334,14 @@ def _reference_margin_terms(kind, x, k, labels, weights):
   return jnp.sum(ce), ce
 
 
-@pytest.mark.parametrize('kind', sorted(_MARGINS))
-def test_margin_softmax_and_its_gradients_equal_the_replicated_loss(mesh,
-                                                                   kind):
+# CosFace in the fast tier; ArcFace and SphereFace compile for seconds more.
+@pytest.fixture(scope='module', params=[
+    pytest.param(kind, marks=() if kind == 'cosface' else pytest.mark.slow)
+    for kind in sorted(_MARGINS)])
+def margin_softmax(request, mesh):
+  """{'got': sharded (CE, cosines, feature and kernel gradients), 'want':
+  the replicated ones} of one margin kind."""
+  kind = request.param
   features, labels, weights, kernel = _classifier_inputs()
   # A cosine near -1 (ArcFace's other branch) and one exactly 1.
   features[6] = -kernel[:, labels[6]]
@@ -294,7 +362,7 @@ def test_margin_softmax_and_its_gradients_equal_the_replicated_loss(mesh,
     return _per_class_shard(ce), cosines[None], _per_class_shard(grad_x), \
         grad_k[None]
 
-  ce, cosines, grad_x, grad_k = _run(
+  got = _run(
       fn, mesh, [P('batch'), P('batch'), P('batch'), P(None, 'classes')],
       (P('classes', None), P('batch', None, 'classes'),
        P('classes', 'batch'), P('batch', None, 'classes')),
@@ -307,21 +375,41 @@ def test_margin_softmax_and_its_gradients_equal_the_replicated_loss(mesh,
   expected_cosines = loss_lib.margin.cosine_scores(features, kernel)
   assert expected_ce[0] == expected_ce[14] == 0.0   # Invalid labels.
   assert np.abs(expected_x).max() > 0 and np.abs(expected_k).max() > 0
-  # The margin's scale (s = 64) makes gradients of ~10 whose float32 sums
-  # are summed in another order per shard, and per CPU: their absolute
-  # tolerance is relative to the largest gradient.
-  grad_x_tol = dict(rtol=1e-5, atol=1e-6 * np.abs(expected_x).max())
-  grad_k_tol = dict(rtol=1e-5, atol=1e-6 * np.abs(expected_k).max())
-  for shard in range(CLASS_SHARDS):
-    np.testing.assert_allclose(ce[shard], expected_ce, **_TOL,
-                               err_msg=f'{kind} CE, class shard {shard}')
-    np.testing.assert_allclose(grad_x[shard], expected_x, **grad_x_tol,
-                               err_msg=f'{kind} feature gradient, {shard}')
-  for replica in range(BATCH_SHARDS):
-    np.testing.assert_allclose(cosines[replica], expected_cosines, **_TOL,
-                               err_msg=f'{kind} cosines, replica {replica}')
-    np.testing.assert_allclose(grad_k[replica], expected_k, **grad_k_tol,
-                               err_msg=f'{kind} kernel gradient, {replica}')
+  return dict(kind=kind, got=got, want=tuple(np.asarray(a) for a in (
+      expected_ce, expected_cosines, expected_x, expected_k)))
+
+
+def test_margin_cross_entropy_equals_replicated_on_every_class_shard(
+    margin_softmax):
+  assert_each_copy_close(margin_softmax['got'][0], margin_softmax['want'][0],
+                         f'{margin_softmax["kind"]} CE, class shard')
+
+
+def test_margin_cosines_equal_replicated_on_every_batch_replica(
+    margin_softmax):
+  assert_each_copy_close(margin_softmax['got'][1], margin_softmax['want'][1],
+                         f'{margin_softmax["kind"]} cosines, replica')
+
+
+def _assert_gradient_copies_close(margin_softmax, index, what):
+  """The margin's scale makes gradients of ~10 whose float32 sums are summed
+  in another order per shard, and per CPU: their absolute tolerance is
+  relative to the largest gradient."""
+  want = margin_softmax['want'][index]
+  assert_each_copy_close(margin_softmax['got'][index], want,
+                         f'{margin_softmax["kind"]} {what}', rtol=1e-5,
+                         atol=1e-6 * np.abs(want).max())
+
+
+def test_margin_feature_gradient_equals_replicated_on_every_class_shard(
+    margin_softmax):
+  _assert_gradient_copies_close(margin_softmax, 2,
+                                'feature gradient, class shard')
+
+
+def test_margin_kernel_gradient_equals_replicated_on_every_batch_replica(
+    margin_softmax):
+  _assert_gradient_copies_close(margin_softmax, 3, 'kernel gradient, replica')
 
 
 def test_argmax_accuracy_matches_jnp_argmax_with_ties_and_nan(mesh):
@@ -342,8 +430,8 @@ def test_argmax_accuracy_matches_jnp_argmax_with_ties_and_nan(mesh):
     return _per_class_shard(class_sharded.class_sharded_argmax_accuracy(
         logits_shard, y, class_axis='classes'))
 
-  out = _run(fn, mesh, [P('batch', 'classes'), P('batch')], P('classes', 'batch'),
-             logits, labels)
+  out = _run(fn, mesh, [P('batch', 'classes'), P('batch')],
+             P('classes', 'batch'), logits, labels)
   expected = np.asarray(jax.jit(
       lambda z, y: jnp.argmax(z, axis=-1) == y)(logits, labels))
   np.testing.assert_array_equal(expected[:10], [0, 1, 0, 1, 1, 1, 0, 0, 1, 0])
@@ -352,7 +440,12 @@ def test_argmax_accuracy_matches_jnp_argmax_with_ties_and_nan(mesh):
                                   err_msg=f'accuracy on class shard {shard}')
 
 
-def test_uint8_labels_give_the_int32_results_beyond_256_classes(mesh):
+_UINT8_OUTPUTS = ('distances', 'centers', 'cross-entropy', 'accuracy')
+
+
+@pytest.fixture(scope='module')
+def int32_and_uint8_label_results(mesh):
+  """{output: (with int32 labels, with uint8 labels)} beyond 256 classes."""
   # With 300 classes a uint8 comparison `label < 300` wraps to `label < 44`:
   # labels 100 and 250 would be dropped as invalid.
   num_classes = 300
@@ -363,12 +456,15 @@ def test_uint8_labels_give_the_int32_results_beyond_256_classes(mesh):
   logits = rng.normal(size=(GLOBAL_BATCH, num_classes)).astype(np.float32)
 
   def fn(x, y, c, z):
-    return (class_sharded.class_sharded_center_loss(x, y, c, class_axis='classes', reduction='none'),
-            class_sharded.class_sharded_update_centers(c, x, y, alpha=ALPHA,
-                                           class_axis='classes',
-                                           batch_axis='batch'),
-            class_sharded.class_sharded_softmax_cross_entropy_loss(z, y, class_axis='classes', reduction='none'),
-            class_sharded.class_sharded_argmax_accuracy(z, y, class_axis='classes'))
+    return (class_sharded.class_sharded_center_loss(
+                x, y, c, class_axis='classes', reduction='none'),
+            class_sharded.class_sharded_update_centers(
+                c, x, y, alpha=ALPHA, class_axis='classes',
+                batch_axis='batch'),
+            class_sharded.class_sharded_softmax_cross_entropy_loss(
+                z, y, class_axis='classes', reduction='none'),
+            class_sharded.class_sharded_argmax_accuracy(
+                z, y, class_axis='classes'))
 
   specs = [P('batch'), P('batch'), P('classes'), P('batch', 'classes')]
   out_specs = (P('batch'), P('classes'), P('batch'), P('batch'))
@@ -377,9 +473,56 @@ def test_uint8_labels_give_the_int32_results_beyond_256_classes(mesh):
   narrow = _run(fn, mesh, specs, out_specs, features, labels.astype(np.uint8),
                 centers, logits)
   assert np.all(wide[0] > 0) and np.all(wide[2] > 0)
-  for name, a, b in zip(('distances', 'centers', 'cross-entropy', 'accuracy'),
-                        wide, narrow):
-    np.testing.assert_allclose(b, a, **_TOL, err_msg=f'{name}, uint8 labels')
+  return dict(zip(_UINT8_OUTPUTS, zip(wide, narrow)))
+
+
+@pytest.mark.parametrize('output', _UINT8_OUTPUTS)
+def test_uint8_labels_give_the_int32_results_beyond_256_classes(
+    int32_and_uint8_label_results, output):
+  wide, narrow = int32_and_uint8_label_results[output]
+  np.testing.assert_allclose(narrow, wide, **_TOL,
+                             err_msg=f'{output}, uint8 labels')
+
+
+@pytest.fixture(scope='module', params=loss_lib.REDUCTIONS)
+def reduced_on_class_shards(request):
+  """(sharded, replicated) center loss and CE under one reduction, on a
+  2-device class mesh."""
+  reduction = request.param
+  features, labels, weights, centers = global_batch()
+  kernel = np.random.default_rng(2).normal(
+      size=(DIM, NUM_CLASSES)).astype(np.float32)
+  mesh = jax.make_mesh((2,), ('classes',), devices=jax.devices()[:2])
+
+  def per_shard(centers_shard, kernel_shard):
+    logits = class_sharded.class_sharded_logits(
+        features, kernel_shard, class_axis='classes')
+    return (class_sharded.class_sharded_center_loss(
+                features, labels, centers_shard, weights,
+                class_axis='classes', reduction=reduction),
+            class_sharded.class_sharded_softmax_cross_entropy_loss(
+                logits, labels, weights, class_axis='classes',
+                reduction=reduction))
+
+  got = _run(per_shard, mesh, [P('classes'), P(None, 'classes')], P(),
+             centers, kernel)
+  want = (loss_lib.center_loss(features, labels, centers, weights,
+                               reduction=reduction),
+          loss_lib.softmax_cross_entropy_loss(features @ kernel, labels,
+                                              weights, reduction=reduction))
+  return got, want
+
+
+def test_class_sharded_center_loss_reduces_as_the_replicated_one(
+    reduced_on_class_shards):
+  (got, _), (want, _) = reduced_on_class_shards
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_class_sharded_cross_entropy_reduces_as_the_replicated_one(
+    reduced_on_class_shards):
+  (_, got), (_, want) = reduced_on_class_shards
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------
@@ -413,9 +556,11 @@ def sharded_train_step(params, centers, x, labels, weights,
           margin_kind, features, params['kernel'], all_labels,
           class_axis='classes', batch_axis='batch')
     ce = jnp.sum(all_w * class_sharded.class_sharded_softmax_cross_entropy_loss(
-        logits, all_labels, class_axis='classes', reduction='none'))          # Global batch.
+        logits, all_labels, class_axis='classes',
+        reduction='none'))                                # Global batch.
     center = jnp.sum(class_sharded.class_sharded_center_loss(
-        features, labels, centers, w, class_axis='classes', reduction='none'))  # This replica's.
+        features, labels, centers, w, class_axis='classes',
+        reduction='none'))                                # This replica's.
     return (ce + CENTER_WEIGHT * center) / total_weight, (features, ce, center)
 
   grads, (features, ce, center) = jax.grad(loss_fn, has_aux=True)(params)
@@ -440,7 +585,8 @@ def reference_train_step(params, centers, x, labels, weights):
     features = x @ params['w_feat']
     ce = optax.softmax_cross_entropy_with_integer_labels(
         features @ params['kernel'], jnp.clip(labels, 0, num_classes - 1))
-    center = jnp.sum(loss_lib.center_loss(features, labels, centers, w, reduction='none'))
+    center = jnp.sum(loss_lib.center_loss(features, labels, centers, w,
+                                          reduction='none'))
     return (jnp.sum(w * ce) + CENTER_WEIGHT * center) / total_weight, features
 
   (loss, features), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -450,7 +596,10 @@ def reference_train_step(params, centers, x, labels, weights):
   return params, new_centers, loss
 
 
-def test_three_training_steps_match_replicated_training(mesh):
+@pytest.fixture(scope='module')
+def three_training_steps(mesh):
+  """{'losses', 'params', 'centers'} after 3 sharded steps, and 'reference':
+  the same from 3 replicated steps."""
   rng = np.random.default_rng(3)
   params = {
       'w_feat': rng.normal(size=(IN_DIM, DIM)).astype(np.float32),
@@ -479,23 +628,43 @@ def test_three_training_steps_match_replicated_training(mesh):
   for batch in batches:
     *state, loss = step(*state, *to_mesh(batch, STEP_IN_SPECS[2:]))
     losses.append(float(loss))
+  return dict(losses=losses, params=state[0], centers=state[1],
+              reference=dict(losses=ref_losses, params=ref[0],
+                             centers=ref[1]))
 
-  np.testing.assert_allclose(losses, ref_losses, **_TOL)
-  sharded_params, sharded_centers = state
-  assert not np.allclose(ref[1], 0.0), 'Set-up: the centers should move.'
-  np.testing.assert_allclose(sharded_centers, ref[1], **_TOL,
-                             err_msg='centers after 3 steps')
-  for name in ('w_feat', 'kernel'):
-    np.testing.assert_allclose(sharded_params[name], ref[0][name], **_TOL,
-                               err_msg=f'{name} after 3 steps')
-    # Replicas of a parameter block must not drift apart.
-    by_index = {}
-    for shard in sharded_params[name].addressable_shards:
-      by_index.setdefault(str(shard.index), []).append(np.asarray(shard.data))
-    for index, copies in by_index.items():
-      for copy in copies[1:]:
-        np.testing.assert_array_equal(
-            copy, copies[0], err_msg=f'{name}{index}: replicas differ')
+
+def test_sharded_training_losses_equal_replicated(three_training_steps):
+  np.testing.assert_allclose(three_training_steps['losses'],
+                             three_training_steps['reference']['losses'],
+                             **_TOL)
+
+
+def test_sharded_training_centers_equal_replicated(three_training_steps):
+  reference = three_training_steps['reference']['centers']
+  assert not np.allclose(reference, 0.0), 'Set-up: the centers should move.'
+  np.testing.assert_allclose(three_training_steps['centers'], reference,
+                             **_TOL, err_msg='centers after 3 steps')
+
+
+@pytest.mark.parametrize('name', ['w_feat', 'kernel'])
+def test_sharded_training_params_equal_replicated(three_training_steps,
+                                                  name):
+  np.testing.assert_allclose(
+      three_training_steps['params'][name],
+      three_training_steps['reference']['params'][name], **_TOL,
+      err_msg=f'{name} after 3 steps')
+
+
+@pytest.mark.parametrize('name', ['w_feat', 'kernel'])
+def test_replicas_of_a_parameter_block_stay_identical(three_training_steps,
+                                                      name):
+  by_index = {}
+  for shard in three_training_steps['params'][name].addressable_shards:
+    by_index.setdefault(str(shard.index), []).append(np.asarray(shard.data))
+  for index, copies in by_index.items():
+    for copy in copies[1:]:
+      np.testing.assert_array_equal(
+          copy, copies[0], err_msg=f'{name}{index}: replicas differ')
 
 
 # ---------------------------------------------------------------------------
@@ -544,17 +713,32 @@ arcface_train_step = functools.partial(sharded_train_step,
                                        margin_kind='arcface')
 
 
-@pytest.mark.parametrize('step_fn', [sharded_train_step, arcface_train_step],
-                         ids=['softmax', 'arcface'])
-def test_train_step_communication_does_not_grow_with_num_classes(step_fn):
+# Each (step, C) compiles for a second or two: the fast tier takes the
+# softmax step at the smaller C.
+_STEPS = pytest.mark.parametrize('step_fn', [
+    pytest.param(sharded_train_step, id='softmax'),
+    pytest.param(arcface_train_step, id='arcface', marks=pytest.mark.slow)])
+
+
+@_STEPS
+@pytest.mark.parametrize('num_classes', [
+    _BIG_CLASSES[0], pytest.param(_BIG_CLASSES[1], marks=pytest.mark.slow)])
+def test_train_step_collectives_move_no_class_sized_arrays(step_fn,
+                                                           num_classes):
+  found = hlo_stats.collectives(_compiled_step_text(num_classes, step_fn))
+  assert found, 'No collectives parsed: the HLO parser is broken.'
+  class_sized = _class_sized(found, num_classes)
+  assert not class_sized, (
+      f'At C={num_classes}, collectives move num_classes-sized arrays: '
+      f'{class_sized}')
+
+
+@_STEPS
+@pytest.mark.slow  # Compiles at both numbers of classes.
+def test_train_step_collectives_do_not_grow_with_num_classes(step_fn):
   sizes = {}
   for num_classes in _BIG_CLASSES:
     found = hlo_stats.collectives(_compiled_step_text(num_classes, step_fn))
-    assert found, 'No collectives parsed: the HLO parser is broken.'
-    class_sized = _class_sized(found, num_classes)
-    assert not class_sized, (
-        f'At C={num_classes}, collectives move num_classes-sized arrays: '
-        f'{class_sized}')
     sizes[num_classes] = (hlo_stats.collective_bytes(found), sorted(
         (o, r) for o, r, _ in found))
   (bytes_a, ops_a), (bytes_b, ops_b) = sizes.values()
@@ -578,8 +762,8 @@ def _replicated_kernel_gradient_step(params, centers, x, labels, weights):
   del weights
 
   def loss_fn(params):
-    logits = class_sharded.class_sharded_logits(x @ params['w_feat'], params['kernel'],
-                                    class_axis='classes')
+    logits = class_sharded.class_sharded_logits(
+        x @ params['w_feat'], params['kernel'], class_axis='classes')
     return jnp.mean(class_sharded.class_sharded_softmax_cross_entropy_loss(
         logits, labels, class_axis='classes', reduction='none'))
   loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -611,9 +795,13 @@ def test_train_step_with_donated_centers_copies_no_centers_shard():
   assert not copies, (
       'The sharded step copies the (C/M, D) centers shard (Eq. 4 not in '
       f'place?): {copies}')
+
+
+def test_copy_check_notices_the_copy_of_undonated_centers():
   # Without donation XLA must copy the shard: the check sees it.
+  num_classes = _BIG_CLASSES[0]
   undonated = _compiled_step_text(num_classes, donate=(0,))
-  assert _centers_copies(undonated, local, _COST_DIM), (
+  assert _centers_copies(undonated, num_classes // CLASS_SHARDS, _COST_DIM), (
       'The copy check does not notice the copy of undonated centers.')
 
 
@@ -630,10 +818,12 @@ def test_train_step_with_donated_centers_copies_no_centers_shard():
         jnp.zeros((3, 3)), jnp.zeros((4, 3)), jnp.zeros((5,), jnp.int32),
         alpha=0.5, class_axis='classes'), ValueError, r'\(5,\)'),
     (lambda: class_sharded.class_sharded_softmax_cross_entropy_loss(
-        jnp.zeros((4,)), jnp.zeros((4,), jnp.int32), class_axis='classes', reduction='none'),
+        jnp.zeros((4,)), jnp.zeros((4,), jnp.int32), class_axis='classes',
+        reduction='none'),
      ValueError, r'logits_shard.*\(4,\)'),
     (lambda: class_sharded.class_sharded_softmax_cross_entropy_loss(
-        jnp.zeros((4, 3)), jnp.zeros((4,)), class_axis='classes', reduction='none'),
+        jnp.zeros((4, 3)), jnp.zeros((4,)), class_axis='classes',
+        reduction='none'),
      TypeError, r'labels must be integers.*float32'),
     (lambda: class_sharded.class_sharded_argmax_accuracy(
         jnp.zeros((4, 3), jnp.int32), jnp.zeros((4,), jnp.int32),
