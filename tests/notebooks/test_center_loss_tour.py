@@ -1,4 +1,4 @@
-"""The tour notebook runs end to end (at a tiny size) and is committed clean."""
+"""The tour notebook: committed with its outputs, and runs at a tiny size."""
 
 import os
 import sys
@@ -9,18 +9,15 @@ import notebook_util
 import repo_paths
 
 nbformat = pytest.importorskip('nbformat')
-nbclient = pytest.importorskip('nbclient')
+pytest.importorskip('nbclient')
 
-REPO_ROOT = repo_paths.REPO_ROOT
-NOTEBOOK_DIR = os.path.join(REPO_ROOT, 'notebooks')
-TOUR = os.path.join(NOTEBOOK_DIR, 'center_loss_tour.ipynb')
+TOUR = os.path.join(repo_paths.REPO_ROOT, 'notebooks', 'center_loss_tour.ipynb')
 
-# Seconds per cell: generous for a loaded 2-core machine; the whole tiny run
-# takes well under a minute.
-CELL_TIMEOUT = 300
+# The cells that show figures, and how many each.
+FIGURES = {'center-trajectories': 1, 'training-curves': 1, 'feature-plots': 1}
 
 
-def _tiny_parameters(data_dir, workdir):
+def _tiny_parameters(data_dir):
   """Values for the notebook's `parameters` cell: two runs of 4 steps."""
   return {
       'TRAIN_SUBSET': 128,
@@ -30,7 +27,6 @@ def _tiny_parameters(data_dir, workdir):
       'STAGE_CHANNELS': (4, 8, 8),
       'CENTER_LOSS_WEIGHTS': (0.0, 0.1),
       'DATA_DIR': data_dir,
-      'WORKDIR': workdir,
   }
 
 
@@ -38,17 +34,27 @@ def _read_tour():
   return nbformat.read(TOUR, as_version=4)
 
 
-def test_committed_notebook_has_no_outputs():
+def _metrics_table(notebook):
+  (cell,) = notebook_util.cells_tagged(notebook, 'metrics-table')
+  return notebook_util.markdown_output(cell)
+
+
+def test_committed_notebook_has_its_outputs():
   notebook = _read_tour()
-  notebook_util.assert_committed_clean(notebook)
+  notebook_util.assert_committed_with_outputs(notebook, FIGURES)
+  weights = notebook_util.committed_parameters(notebook)['CENTER_LOSS_WEIGHTS']
+  table = _metrics_table(notebook)
+  assert 'spread_to_separation' in table, table
+  assert table.count('\n| ') == len(weights), table
 
 
 def test_parameters_cell_is_plain_assignments():
-  notebook_util.assert_parameters_are(_read_tour(), _tiny_parameters(None, None))
+  notebook_util.assert_parameters_are(_read_tour(), _tiny_parameters(None))
+
 
 def test_tour_runs_at_tiny_size(tiny_idx_dir, tmp_path):
   notebook = _read_tour()
-  parameters = _tiny_parameters(tiny_idx_dir, str(tmp_path / 'runs'))
+  parameters = _tiny_parameters(tiny_idx_dir)
   notebook_util.set_parameters(notebook, parameters)
   # Which interpreter and environment the kernel got: the venv running the
   # tests, with the fake-device CPU set-up of conftest.py.
@@ -57,29 +63,20 @@ def test_tour_runs_at_tiny_size(tiny_idx_dir, tmp_path):
       'print(sys.executable)\n'
       'print(os.environ.get("JAX_PLATFORMS"), jax.device_count())'))
 
-  client = nbclient.NotebookClient(
-      notebook, timeout=CELL_TIMEOUT, kernel_name='python3',
-      resources={'metadata': {'path': NOTEBOOK_DIR}})
-  client.execute()  # Raises CellExecutionError on any failing cell.
+  notebook_util.execute(notebook, tmp_path)  # Raises if a cell fails.
 
-  for index, executed in enumerate(notebook.cells):
-    for output in executed.get('outputs', []):
-      assert output.output_type != 'error', f'cell {index}: {output}'
-
+  notebook_util.assert_no_errors(notebook)
   kernel_check = ''.join(o.get('text', '') for o in notebook.cells[-1].outputs)
   assert kernel_check.split('\n')[:2] == [sys.executable, 'cpu 8'], (
       f'kernel ran {kernel_check!r}, expected {sys.executable} with the test '
       'environment')
-
-  for tag in ('center-trajectories', 'feature-plots'):
+  for tag, count in FIGURES.items():
     (cell,) = notebook_util.cells_tagged(notebook, tag)
-    assert any('image/png' in output.get('data', {})
-               for output in cell.outputs), f'no figure in cell {tag!r}'
-  (table,) = notebook_util.cells_tagged(notebook, 'metrics-table')
-  text = ''.join(output.get('data', {}).get('text/markdown', '')
-                 for output in table.outputs)
-  assert 'spread_to_separation' in text, f'no metrics table: {table.outputs}'
-  assert text.count('\n| ') == len(parameters['CENTER_LOSS_WEIGHTS']), text
+    assert notebook_util.png_count(cell) == count, f'cell {tag!r}: {cell}'
+  table = _metrics_table(notebook)
+  assert 'spread_to_separation' in table, f'no metrics table: {table!r}'
+  assert table.count('\n| ') == len(parameters['CENTER_LOSS_WEIGHTS']), table
   for weight in parameters['CENTER_LOSS_WEIGHTS']:
-    assert (tmp_path / 'runs' / f'lambda_{weight:g}' /
-            f'features_step_{parameters["NUM_STEPS"]}.png').exists()
+    assert f'\n| {weight:g} | ' in table, (weight, table)
+  # The notebook writes no files.
+  assert os.listdir(tmp_path) == [], os.listdir(tmp_path)

@@ -1,4 +1,5 @@
-"""The face verification notebook runs (tiny) and is committed clean."""
+"""The face verification notebook: committed with its outputs, and runs at
+a tiny size."""
 
 import json
 import os
@@ -11,15 +12,10 @@ import notebook_util
 import repo_paths
 
 nbformat = pytest.importorskip('nbformat')
-nbclient = pytest.importorskip('nbclient')
+pytest.importorskip('nbclient')
 
-REPO_ROOT = repo_paths.REPO_ROOT
-NOTEBOOK_DIR = os.path.join(REPO_ROOT, 'notebooks')
-NOTEBOOK = os.path.join(NOTEBOOK_DIR, 'face_verification.ipynb')
-
-# Seconds per cell: generous for a loaded 2-core machine; the whole tiny run
-# takes about a minute, most of it compiling the two runs' steps.
-CELL_TIMEOUT = 300
+NOTEBOOK = os.path.join(repo_paths.REPO_ROOT, 'notebooks',
+                        'face_verification.ipynb')
 
 # Appended to the executed notebook: what the test reads back from the
 # kernel, as one JSON line. The trainer's ROC (`roc.npz`, from its own
@@ -50,53 +46,77 @@ print(json.dumps(report))
 
 
 def _tiny_parameters(workdir):
-  """Values for the notebook's `parameters` cell: two runs of 2 steps."""
+  """Values for the notebook's `parameters` cell: two runs of 2 steps of a
+  tiny FaceResNet on 16 identities (64 images in batches of 16, half an
+  epoch)."""
   return {
-      'CONFIG_VARIANT': 'runlocal',
-      'NUM_EPOCHS': 0.5,  # runlocal: 64 images / batch 16, so 2 steps.
+      'NUM_TRAIN_IDENTITIES': 16,
+      'IMAGES_PER_IDENTITY': 4,
+      'NUM_VERIFICATION_IDENTITIES': 20,
+      'PAIRS_PER_FOLD': 4,
+      'NUM_PROBE_IDENTITIES': 4,
+      'NUM_DISTRACTORS': 8,
+      'MODEL': {'stem_channels': (4, 8), 'stage_channels': (8, 8, 16, 16),
+                'stage_blocks': (1, 1, 1, 1), 'feature_dim': 16},
+      'BATCH_SIZE': 16,
+      'NUM_EPOCHS': 0.5,
       'CENTER_LOSS_WEIGHTS': (0.0, 0.003),
       'WORKDIR': workdir,
       'NUM_EXAMPLES_SHOWN': 3,
   }
 
 
+def _figures(num_weights):
+  """The cells that show figures, and how many each: one per plot, and one
+  hardest-pairs figure per lambda."""
+  return {'roc': 1, 'score-histograms': 1, 'hardest-pairs': num_weights,
+          'lambda-effect': 1}
+
+
 def _read_notebook():
   return nbformat.read(NOTEBOOK, as_version=4)
 
 
-def _png_count(cell):
-  return sum('image/png' in output.get('data', {}) for output in cell.outputs)
+def _assert_tables(notebook, weights):
+  table = notebook_util.markdown_output(
+      notebook_util.cells_tagged(notebook, 'metrics-table')[0])
+  assert 'verification accuracy' in table, f'no metrics table: {table!r}'
+  assert table.count('\n| ') == len(weights), table
+  for weight in weights:
+    assert f'\n| {weight:g} | ' in table, (weight, table)
+  lambda_table = notebook_util.markdown_output(
+      notebook_util.cells_tagged(notebook, 'lambda-effect')[0])
+  assert lambda_table.count('\n| ') == len(weights), lambda_table
 
 
-def _markdown(cell):
-  return ''.join(output.get('data', {}).get('text/markdown', '')
-                 for output in cell.outputs)
-
-
-def test_committed_notebook_has_no_outputs():
+def test_committed_notebook_has_its_outputs():
   notebook = _read_notebook()
-  notebook_util.assert_committed_clean(notebook)
   assert notebook.cells[0].cell_type == 'markdown', 'starts with an intro'
+  weights = notebook_util.committed_parameters(notebook)['CENTER_LOSS_WEIGHTS']
+  notebook_util.assert_committed_with_outputs(notebook,
+                                              _figures(len(weights)))
+  _assert_tables(notebook, weights)
 
 
 def test_parameters_cell_is_plain_assignments():
   notebook_util.assert_parameters_are(_read_notebook(), _tiny_parameters(None))
 
-def test_notebook_runs_at_tiny_size(tmp_path):
+
+def test_notebook_runs_at_tiny_size(tmp_path, monkeypatch):
   notebook = _read_notebook()
-  parameters = _tiny_parameters(str(tmp_path / 'runs'))
+  # WORKDIR None: the runs go to a new folder of `tempfile.mkdtemp()`,
+  # which the kernel (inheriting this environment) makes under TMPDIR.
+  parameters = _tiny_parameters(None)
   notebook_util.set_parameters(notebook, parameters)
   notebook.cells.append(nbformat.v4.new_code_cell(_CHECK_CELL))
+  temporary, cwd = tmp_path / 'tmp', tmp_path / 'cwd'
+  temporary.mkdir()
+  cwd.mkdir()
+  monkeypatch.setenv('TMPDIR', str(temporary))
 
-  client = nbclient.NotebookClient(
-      notebook, timeout=CELL_TIMEOUT, kernel_name='python3',
-      resources={'metadata': {'path': NOTEBOOK_DIR}})
-  client.execute()  # Raises CellExecutionError on any failing cell.
+  notebook_util.execute(notebook, cwd)  # Raises if a cell fails.
 
-  for index, executed in enumerate(notebook.cells):
-    for output in executed.get('outputs', []):
-      assert output.output_type != 'error', f'cell {index}: {output}'
-
+  notebook_util.assert_no_errors(notebook)
   report = json.loads(''.join(
       o.get('text', '') for o in notebook.cells[-1].outputs).strip()
                       .split('\n')[-1])
@@ -105,20 +125,10 @@ def test_notebook_runs_at_tiny_size(tmp_path):
           report['device_count']) == (sys.executable, 'cpu', 8)
 
   weights = parameters['CENTER_LOSS_WEIGHTS']
-  table = _markdown(notebook_util.cells_tagged(notebook, 'metrics-table')[0])
-  assert 'verification accuracy' in table, f'no metrics table: {table!r}'
-  assert table.count('\n| ') == len(weights), table
-  for weight in weights:
-    assert f'\n| {weight:g} | ' in table, (weight, table)
-  lambda_table = _markdown(notebook_util.cells_tagged(notebook, 'lambda-effect')[0])
-  assert lambda_table.count('\n| ') == len(weights), lambda_table
-
-  # One figure per plot, and one hardest-pairs figure per lambda.
-  for tag, figures in (('roc', 1), ('score-histograms', 1),
-                       ('hardest-pairs', len(weights)),
-                       ('lambda-effect', 1)):
+  _assert_tables(notebook, weights)
+  for tag, count in _figures(len(weights)).items():
     (cell,) = notebook_util.cells_tagged(notebook, tag)
-    assert _png_count(cell) == figures, f'cell {tag!r}: {cell.outputs}'
+    assert notebook_util.png_count(cell) == count, f'cell {tag!r}: {cell}'
 
   is_same = np.array(report['is_same'])
   assert sorted(report['runs']) == sorted(f'{w:g}' for w in weights)
@@ -136,5 +146,11 @@ def test_notebook_runs_at_tiny_size(tmp_path):
         scores[run['highest']], np.sort(scores[~is_same])[::-1][:3])
     np.testing.assert_array_equal(
         scores[run['lowest']], np.sort(scores[is_same])[:3])
-    assert (tmp_path / 'runs' / 'runlocal_0.5_epochs' / f'lambda_{weight}' /
-            'checkpoints' / '2').is_dir()
+  # The runs, in one new temporary folder; nothing in the working directory.
+  (root,) = [path for path in temporary.iterdir()
+             if path.name.startswith('face_verification_')]
+  assert sorted(os.listdir(root)) == sorted(f'lambda_{w:g}' for w in weights)
+  for weight in weights:
+    assert (root / f'lambda_{weight:g}' / 'checkpoints' / '2').is_dir()
+  assert os.listdir(cwd) == [], os.listdir(cwd)
+
