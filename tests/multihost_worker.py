@@ -1,15 +1,17 @@
 """A few data-parallel train steps, as one process of a multi-process run.
 
-Imported by tests/test_multihost.py for the single-process reference, and run
-by it as a script, once per process:
+Imported by tests/training/test_multihost.py for the single-process
+reference, and run by it as a script, once per process:
 
   python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT MODE WORKDIR
-      ACTION
+      ACTION [MODE WORKDIR ACTION ...]
 
 ACTION 'train' runs the steps, checkpoints the result into WORKDIR, extracts
 the open-set evaluation's features of EVAL_IMAGES and (on process 0) writes
 WORKDIR/result.npz and WORKDIR/features.npy; 'restore' only restores
-WORKDIR's latest checkpoint and writes it to WORKDIR/restored.npz.
+WORKDIR's latest checkpoint and writes it to WORKDIR/restored.npz. Further
+MODE WORKDIR ACTION triples run in turn in the same distributed session (one
+start of the processes for several checks).
 """
 
 import os
@@ -99,19 +101,32 @@ def to_numpy(state):
   return parallel.fetch_replicated(flat)
 
 
-def main(process_id, num_processes, port, mode, workdir, action):
-  os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=4'
+def main(process_id, num_processes, port, mode, workdir, action, *more):
+  """Runs the (mode, workdir, action) triples in turn, in one session."""
+  flags = os.environ.get('XLA_FLAGS', '')
+  os.environ['XLA_FLAGS'] = f'{flags} --xla_force_host_platform_device_count=4'
   os.environ['JAX_PLATFORMS'] = 'cpu'
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from centerloss_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
   from centerloss_jax.training import parallel  # pylint: disable=g-import-not-at-top
 
   parallel.initialize_distributed(ml_collections.ConfigDict({
       'initialize': True, 'coordinator_address': f'127.0.0.1:{port}',
       'num_processes': num_processes, 'process_id': process_id}))
   assert jax.device_count() == 4 * num_processes
+  assert len(more) % 3 == 0, more
+  tasks = [(mode, workdir, action)] + [more[i:i + 3]
+                                       for i in range(0, len(more), 3)]
+  for task in tasks:
+    _run_action(process_id, *task)
+  jax.distributed.shutdown()
+
+
+def _run_action(process_id, mode, workdir, action):
+  """One ACTION of the module docstring, in an initialised session."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from centerloss_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+
   manager = checkpointing.create_manager(workdir, max_to_keep=1)
   if action == 'train':
     dp, placed = train_steps(mode, placed=True)
@@ -128,9 +143,7 @@ def main(process_id, num_processes, port, mode, workdir, action):
   manager.close()
   if process_id == 0:
     np.savez(os.path.join(workdir, name), **arrays)
-  jax.distributed.shutdown()
 
 
 if __name__ == '__main__':
-  main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4],
-       sys.argv[5], sys.argv[6])
+  main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:])

@@ -56,3 +56,17 @@ def test_text_names_no_date_cpu_or_issue(path):
     found = [f'line {text.count(chr(10), 0, m.start()) + 1}: {m.group(0)!r}'
              for m in pattern.finditer(text)]
     assert not found, f'{path} names {what}: {", ".join(found[:5])}'
+
+
+@pytest.mark.parametrize('path', ['README.md'] + sorted(
+    os.path.relpath(page, ROOT)
+    for page in glob.glob(os.path.join(ROOT, 'docs', '*.md'))))
+def test_files_the_pages_name_exist(path):
+  with open(os.path.join(ROOT, path), encoding='utf-8') as f:
+    text = f.read()
+  named = set(re.findall(
+      r'\b((?:tests|centerloss_jax|configs|experiments|benchmarks|notebooks)'
+      r'/[\w/.-]*\w\.(?:py|md|ipynb))\b', text))
+  missing = sorted(name for name in named
+                   if not os.path.exists(os.path.join(ROOT, name)))
+  assert not missing, f'{path} names files that do not exist: {missing}'

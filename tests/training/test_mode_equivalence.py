@@ -19,6 +19,8 @@ from centerloss_jax.training import parallel
 import config_util
 import numerics
 
+pytestmark = pytest.mark.slow
+
 STEPS = 3
 
 # The largest sum a mode reassociates in a step is over the global batch

@@ -1,7 +1,8 @@
-"""Eq. 4 under data parallelism equals Eq. 4 on the global batch.
+"""Data parallelism: the modes and their layouts, and Eq. 4 under them.
 
-The global batch of 32 is split over the 8 fake CPU devices of conftest.py
-(4 examples each). Class 3 appears only in the slice of device 5, so an
+Eq. 4 under data parallelism equals Eq. 4 on the global batch: the global
+batch of 32 is split over the 8 fake CPU devices of conftest.py (4 examples
+each). Class 3 appears only in the slice of device 5, so an
 update computed from per-replica counts (the common multi-GPU bug) gives a
 different answer from the single-device update on the whole batch.
 
@@ -12,6 +13,7 @@ all-gathered batch in the same order and so agrees exactly.
 """
 
 import functools
+import importlib
 
 import jax
 from jax.sharding import AxisType
@@ -21,6 +23,8 @@ import numpy as np
 import pytest
 
 from centerloss_jax import losses as loss_lib
+from centerloss_jax import training
+from centerloss_jax.training import parallel
 
 NUM_DEVICES = 8
 PER_DEVICE = 4
@@ -157,3 +161,35 @@ def test_jit_with_batch_sharded_on_default_explicit_mesh(batch, expected):
       *jax.device_put((features, labels, weights),
                       NamedSharding(mesh, P('batch'))))
   np.testing.assert_array_equal(out, expected)
+
+
+# --- the modes and their layouts ----------------------------------------------
+
+
+def test_an_unknown_parallel_mode_is_refused_naming_the_modes():
+  with pytest.raises(ValueError, match="'bogus'.*'jit', 'pmap', 'shard_map'"):
+    parallel.DataParallel.create('bogus')
+
+
+def test_a_batch_not_divisible_by_the_devices_is_refused():
+  dp = parallel.DataParallel.create('pmap')
+  with pytest.raises(ValueError, match='12 is not divisible by the 8'):
+    dp.check_batch_size(12)
+
+
+def test_a_config_with_class_shards_needs_shard_map(tmp_path):
+  config = importlib.import_module('configs.face_scale').get_config(
+      'runlocal')
+  config.parallel = 'jit'
+  with pytest.raises(ValueError, match=r"class_shards=4.*'shard_map'.*'jit'"):
+    training.train_and_evaluate(config, str(tmp_path))
+
+
+def test_pmap_refuses_class_shards():
+  with pytest.raises(ValueError, match=r"class_shards=4.*'pmap'"):
+    parallel.DataParallel.create('pmap', class_shards=4)
+
+
+def test_class_shards_must_divide_the_devices():
+  with pytest.raises(ValueError, match='class_shards=3 does not divide the 8'):
+    parallel.DataParallel.create('shard_map', class_shards=3)
