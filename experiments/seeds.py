@@ -82,7 +82,8 @@ def record_path(records_dir: str, cell: str, seed: int) -> str:
 
 
 # The widest x86 vector extension decides the code XLA:CPU emits, and with it
-# the float rounding: two CPUs of one name can differ here (see docs/reproducibility.md).
+# the float rounding: two CPUs of one name can differ here (see
+# docs/reproducibility.md).
 _SIMD_FLAGS = ('avx512f', 'avx2', 'avx', 'sse4_2')
 
 
@@ -176,9 +177,9 @@ def run_cells(cells: Mapping[str, ml_collections.ConfigDict],
   """
   records = {name: {} for name in cells}
   if not train:
-    missing = [record_path(records_dir, name, seed)
-               for seed in seeds for name in cells
-               if not os.path.exists(record_path(records_dir, name, seed))]
+    paths = [record_path(records_dir, name, seed)
+             for seed in seeds for name in cells]
+    missing = [path for path in paths if not os.path.exists(path)]
     if missing:
       raise FileNotFoundError(
           f'{len(missing)} record(s) missing for a report from records '
